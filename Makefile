@@ -1,0 +1,39 @@
+# gpu-predictor: two commands from a fresh clone (only Python >= 3.11 and git needed).
+#   make serve   serve the digits demo model on http://localhost:8080 (gRPC on :8081)
+#   make test    install everything the tests need, then ruff, mypy and the whole test suite
+# uv is bootstrapped into .tools/ from PyPI; dependencies come from uv.lock.
+
+PYTHON ?= python3
+TOOLS  := .tools
+UV     := $(TOOLS)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
+
+.PHONY: serve test lint typecheck pytest sync clean help
+
+help:
+	@sed -n '2,4p' Makefile
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv
+
+sync: $(UV)
+	$(UV) sync --frozen
+
+serve: sync
+	$(UV) run --frozen gpu-predictor serve $(ARGS)
+
+lint: sync
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+typecheck: sync
+	$(UV) run --frozen mypy
+
+pytest: sync
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,250 @@
+"""Server settings: one frozen dataclass, filled from CLI flags and ``PREDICTOR_*`` env vars.
+
+Precedence is flag, then environment variable, then default. Every value is validated
+eagerly, cross-checks included, and a bad value is reported as one clear line that names
+the flag and the environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the flag and says what is allowed."""
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``gpu-predictor serve`` is configured with.
+
+    Attributes mirror the CLI flags (``max_batch_delay_ms`` is ``--max-batch-delay-ms`` and
+    ``PREDICTOR_MAX_BATCH_DELAY_MS``). Units are in the names.
+    """
+
+    model_dir: Path = Path("models")
+    model_name: str | None = None
+    host: str = "0.0.0.0"  # noqa: S104 - a pod must listen on all interfaces
+    http_port: int = 8080
+    grpc_port: int = 8081
+    enable_grpc: bool = True
+    max_batch_size: int = 32
+    max_batch_delay_ms: float = 5.0
+    queue_capacity: int = 256
+    devices: str = "auto"
+    dtype: str = "auto"
+    max_body_bytes: int = 32 * MIB
+    max_image_pixels: int = 40_000_000
+    request_timeout_ms: int = 30_000
+    drain_timeout_s: float = 25.0
+    auth_token_file: Path | None = None
+    decode_workers: int = 0
+    max_consecutive_failures: int = 5
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        """Validate every field and the cross-field rules."""
+        _check(1 <= self.http_port <= 65535, "--http-port must be in 1..65535")
+        _check(1 <= self.grpc_port <= 65535, "--grpc-port must be in 1..65535")
+        _check(
+            not self.enable_grpc or self.http_port != self.grpc_port,
+            f"--http-port and --grpc-port must differ (both {self.http_port})",
+        )
+        _check(1 <= self.max_batch_size <= 4096, "--max-batch-size must be in 1..4096")
+        _check(
+            0 <= self.max_batch_delay_ms <= 10_000,
+            f"--max-batch-delay-ms must be in 0..10000 (got {self.max_batch_delay_ms:g})",
+        )
+        _check(
+            self.queue_capacity >= self.max_batch_size,
+            f"--queue-capacity ({self.queue_capacity}) must be >= --max-batch-size "
+            f"({self.max_batch_size}), else a batch can never fill",
+        )
+        _check(self.queue_capacity <= 1_000_000, "--queue-capacity must be <= 1000000")
+        _parse_devices(self.devices)  # syntax only; availability is checked at engine build
+        _check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}")
+        _check(self.max_body_bytes >= 1024, "--max-body-bytes must be >= 1024")
+        _check(self.max_image_pixels >= 1, "--max-image-pixels must be >= 1")
+        _check(self.request_timeout_ms >= 1, "--request-timeout-ms must be >= 1")
+        _check(
+            self.max_batch_delay_ms < self.request_timeout_ms,
+            f"--max-batch-delay-ms ({self.max_batch_delay_ms:g}) must be below "
+            f"--request-timeout-ms ({self.request_timeout_ms})",
+        )
+        _check(self.drain_timeout_s >= 0, "--drain-timeout-s must be >= 0")
+        _check(self.decode_workers >= 0, "--decode-workers must be >= 0 (0: one per core)")
+        _check(
+            self.max_consecutive_failures >= 0,
+            "--max-consecutive-failures must be >= 0 (0: never mark unhealthy)",
+        )
+        _check(self.log_level in LOG_LEVELS, f"--log-level must be one of {LOG_LEVELS}")
+        _check(
+            self.model_dir.is_dir(),
+            f"--model-dir {self.model_dir} is not a directory",
+        )
+        if self.auth_token_file is not None:
+            _check(
+                self.auth_token_file.is_file(),
+                f"--auth-token-file {self.auth_token_file} is not a readable file",
+            )
+            _check(
+                bool(self.auth_token()),
+                f"--auth-token-file {self.auth_token_file} is empty",
+            )
+
+    def device_list(self) -> list[str]:
+        """The ``--devices`` value as a list; ``["auto"]`` when automatic."""
+        return _parse_devices(self.devices)
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        """``max_batch_delay_ms`` in seconds."""
+        return self.max_batch_delay_ms / 1000.0
+
+    @property
+    def request_timeout_s(self) -> float:
+        """``request_timeout_ms`` in seconds."""
+        return self.request_timeout_ms / 1000.0
+
+    @property
+    def effective_decode_workers(self) -> int:
+        """Decode threads: the flag, or one per available core."""
+        if self.decode_workers:
+            return self.decode_workers
+        return max(1, len(os.sched_getaffinity(0)))
+
+    def auth_token(self) -> str | None:
+        """The bearer token, surrounding whitespace stripped; None when auth is off."""
+        if self.auth_token_file is None:
+            return None
+        return self.auth_token_file.read_text(encoding="utf-8").strip()
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SettingsError(message)
+
+
+def _parse_devices(text: str) -> list[str]:
+    items = [part.strip() for part in text.split(",")]
+    if items == ["auto"]:
+        return items
+    for item in items:
+        if not _DEVICE_RE.match(item):
+            raise SettingsError(
+                f"--devices: unknown device {item!r}; use auto, cpu, cuda or cuda:N, "
+                "comma-separated (e.g. cuda:0,cuda:1)"
+            )
+    return items
+
+
+# (flag, field, type, help) for every serve option; the env var is PREDICTOR_<FIELD>.
+_Option = tuple[str, str, Callable[[str], Any], str]
+SERVE_OPTIONS: tuple[_Option, ...] = (
+    ("--model-dir", "model_dir", Path, "a model directory, or a folder of them"),
+    ("--model-name", "model_name", str, "served name when a single model is found"),
+    ("--host", "host", str, "address to listen on"),
+    ("--http-port", "http_port", int, "HTTP port (KServe v1/v2 REST, /metrics)"),
+    ("--grpc-port", "grpc_port", int, "gRPC port (KServe v2 gRPC)"),
+    ("--enable-grpc", "enable_grpc", _bool, "serve gRPC too (true/false)"),
+    ("--max-batch-size", "max_batch_size", int, "largest batch sent to a device"),
+    ("--max-batch-delay-ms", "max_batch_delay_ms", float, "longest wait for a batch to fill"),
+    ("--queue-capacity", "queue_capacity", int, "images admitted but not running, per model"),
+    ("--devices", "devices", str, "auto, or a list such as cuda:0,cuda:1 or cpu,cpu"),
+    ("--dtype", "dtype", str, "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
+    ("--max-body-bytes", "max_body_bytes", int, "largest request body accepted (413 above)"),
+    ("--max-image-pixels", "max_image_pixels", int, "largest image accepted (413 above)"),
+    ("--request-timeout-ms", "request_timeout_ms", int, "deadline of a request (504 after)"),
+    ("--drain-timeout-s", "drain_timeout_s", float, "longest drain after SIGTERM"),
+    (
+        "--auth-token-file",
+        "auth_token_file",
+        Path,
+        "file holding a bearer token; auth is on when set",
+    ),
+    ("--decode-workers", "decode_workers", int, "image decode threads (0: one per core)"),
+    (
+        "--max-consecutive-failures",
+        "max_consecutive_failures",
+        int,
+        "engine failures in a row before the model reports unhealthy (0: never)",
+    ),
+    ("--log-level", "log_level", str.upper, "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"PREDICTOR_{field.upper()}"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every serve option to ``parser`` (defaults resolved later, see ``settings_from``)."""
+    defaults = Settings.__dataclass_fields__
+    for flag, field, _type, help_text in SERVE_OPTIONS:
+        default = defaults[field].default
+        parser.add_argument(
+            flag,
+            dest=field,
+            default=None,
+            metavar=field.split("_")[-1].upper() if field != "model_dir" else "DIR",
+            help=f"{help_text} [env {env_name(field)}; default {default}]",
+        )
+
+
+def settings_from(
+    args: argparse.Namespace | Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve flags, then env vars, then defaults, convert and validate.
+
+    Args:
+        args: parsed flags (values are raw strings, None when absent).
+        environ: environment to read ``PREDICTOR_*`` from; ``os.environ`` by default.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        SettingsError: a value does not convert or fails validation.
+    """
+    env = os.environ if environ is None else environ
+    raw = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    values: dict[str, Any] = {}
+    for flag, field, convert, _help in SERVE_OPTIONS:
+        text = raw.get(field)
+        source = flag
+        if text is None and env_name(field) in env:
+            text, source = env[env_name(field)], env_name(field)
+        if text is None or (isinstance(text, str) and text == "" and source != flag):
+            continue
+        try:
+            values[field] = convert(text) if isinstance(text, str) else text
+        except ValueError as exc:
+            raise SettingsError(f"{source}: invalid value {text!r} ({exc})") from None
+    return Settings(**values)
+
+
+def known_fields() -> Sequence[str]:
+    """Names of all settings fields (used by docs and tests)."""
+    return [f.name for f in fields(Settings)]

@@ -1,0 +1,235 @@
+"""The engine: one module on one device, running whole batches.
+
+It knows nothing of HTTP, asyncio or KServe. One engine belongs to one batcher worker and
+is only ever called from that worker's thread. On CUDA it owns a stream, pinned host
+buffers for input and output, converts and normalises ``uint8`` pixels on the device, runs
+in ``float16``/``bfloat16`` with channels-last layout, and is warmed up for every batch
+size it will see before the model reports ready.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from predictor.model_store import InputSpec
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class DeviceError(ValueError):
+    """A requested device or dtype cannot be used on this machine."""
+
+
+def resolve_devices(requested: Sequence[str]) -> list[str]:
+    """Turn ``--devices`` into concrete device names.
+
+    Args:
+        requested: ``["auto"]`` or names such as ``cpu``, ``cuda``, ``cuda:1``.
+
+    Returns:
+        Device names such as ``["cuda:0", "cuda:1"]`` or ``["cpu"]``.
+
+    Raises:
+        DeviceError: a CUDA device is asked for that is not visible.
+    """
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if list(requested) == ["auto"]:
+        return [f"cuda:{i}" for i in range(visible)] or ["cpu"]
+    devices = []
+    for name in requested:
+        if name == "cuda":
+            name = "cuda:0"
+        if name.startswith("cuda:") and int(name.split(":")[1]) >= visible:
+            raise DeviceError(
+                f"--devices: unknown device {name}: {visible} CUDA device(s) visible here"
+            )
+        devices.append(name)
+    return devices
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The compute dtype: ``auto`` is float16 on CUDA and float32 on CPU."""
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if dtype not in _DTYPES:
+        raise DeviceError(f"--dtype: unknown dtype {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def warmup_sizes(max_batch_size: int, device: str) -> list[int]:
+    """Batch sizes to run before serving.
+
+    All of them on CUDA (cuDNN picks kernels per shape), powers of two and the maximum on CPU.
+    """
+    if device.startswith("cuda") and max_batch_size <= 64:
+        return list(range(1, max_batch_size + 1))
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch_size]
+
+
+def _split_on_oom(run: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[..., np.ndarray]:
+    def guarded(items: list[np.ndarray]) -> np.ndarray:
+        try:
+            return run(items)
+        except torch.OutOfMemoryError:
+            if len(items) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(items) // 2
+            log.warning(
+                "out of memory at batch %d: retrying as %d + %d",
+                len(items),
+                half,
+                len(items) - half,
+            )
+            return np.concatenate([guarded(items[:half]), guarded(items[half:])])
+
+    return guarded
+
+
+class Engine:
+    """Runs batches of one model on one device.
+
+    Args:
+        module: the network (CPU, eval mode); the engine takes its own copy.
+        spec: the model's input spec (normalisation, shape).
+        device: ``cpu`` or ``cuda:N``.
+        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+        max_batch_size: the largest batch :meth:`infer` will receive.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        spec: InputSpec,
+        device: str,
+        dtype: str,
+        max_batch_size: int,
+    ) -> None:
+        self.device = torch.device(device)
+        self.name = device
+        self.dtype = resolve_dtype(dtype, device)
+        self.spec = spec
+        self.max_batch_size = max_batch_size
+        self.batches_run = 0
+        self.items_run = 0
+        self._cuda = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(self.device) if self._cuda else None  # type: ignore[no-untyped-call]
+        module = copy.deepcopy(module)
+        if self._cuda:
+            torch.backends.cudnn.benchmark = True
+            module = module.to(self.device, dtype=self.dtype)
+            module = module.to(memory_format=torch.channels_last)
+        elif self.dtype != torch.float32:
+            module = module.to(dtype=self.dtype)
+        self.module = module
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+        # x_norm = (x/255 - mean) / std = x * scale + shift
+        self._scale = (1.0 / (255.0 * std)).to(self.device)
+        self._shift = (-mean / std).to(self.device)
+        self._np_scale = self._scale.cpu().numpy().reshape(-1, 1, 1)
+        self._np_shift = self._shift.cpu().numpy().reshape(-1, 1, 1)
+        height, width = spec.crop
+        shape = (max_batch_size, height, width, spec.channels)
+        self._host_in = torch.empty(shape, dtype=torch.uint8, pin_memory=self._cuda)
+        self._host_out: torch.Tensor | None = None
+        self.run = _split_on_oom(self.infer)
+
+    @property
+    def dtype_name(self) -> str:
+        """The compute dtype as text (``float16``...)."""
+        return str(self.dtype).removeprefix("torch.")
+
+    def infer(self, items: list[np.ndarray]) -> np.ndarray:
+        """Run one batch; see :meth:`run` for the out-of-memory-splitting wrapper.
+
+        Args:
+            items: ``uint8`` ``(H, W, C)`` pixel arrays, or normalised ``float32``
+                ``(C, H, W)`` tensors; at most ``max_batch_size`` of them.
+
+        Returns:
+            ``float32`` class probabilities, one row per item.
+        """
+        batch = len(items)
+        if not 0 < batch <= self.max_batch_size:
+            raise ValueError(f"batch of {batch} items; this engine takes 1..{self.max_batch_size}")
+        with torch.inference_mode():
+            if self._stream is not None:
+                with torch.cuda.stream(self._stream):
+                    probs = self._forward(items)
+                    out = self._pinned_out(batch, probs.shape[1])
+                    out.copy_(probs, non_blocking=True)
+                self._stream.synchronize()
+                result = out.numpy().copy()
+            else:
+                result = self._forward(items).numpy()
+        self.batches_run += 1
+        self.items_run += batch
+        return result
+
+    def _forward(self, items: list[np.ndarray]) -> torch.Tensor:
+        x = self._to_device(items)
+        logits = self.module(x)
+        if isinstance(logits, tuple | list):
+            logits = logits[0]
+        probs: torch.Tensor = logits.float().softmax(dim=1)
+        return probs
+
+    def _to_device(self, items: list[np.ndarray]) -> torch.Tensor:
+        batch = len(items)
+        if all(item.dtype == np.uint8 for item in items):
+            host = self._host_in[:batch]
+            np.stack(items, out=host.numpy())
+            pixels = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            x = pixels.float().mul_(self._scale).add_(self._shift)
+        else:
+            arrays = [self._normalise_np(item) for item in items]
+            x = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
+        if self._cuda:
+            return x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return x.to(self.dtype).contiguous()
+
+    def _normalise_np(self, item: np.ndarray) -> np.ndarray:
+        if item.dtype == np.uint8:
+            chw = item.transpose(2, 0, 1).astype(np.float32)
+            return np.asarray(chw * self._np_scale + self._np_shift, dtype=np.float32)
+        return item
+
+    def _pinned_out(self, batch: int, classes: int) -> torch.Tensor:
+        if self._host_out is None or self._host_out.shape[1] != classes:
+            self._host_out = torch.empty(
+                (self.max_batch_size, classes), dtype=torch.float32, pin_memory=True
+            )
+        return self._host_out[:batch]
+
+    def warmup(self, sizes: Sequence[int] | None = None) -> float:
+        """Run every batch size once (cuDNN autotuning, allocator, lazy init).
+
+        Args:
+            sizes: batch sizes; by default :func:`warmup_sizes`.
+
+        Returns:
+            Seconds spent.
+        """
+        start = time.perf_counter()
+        height, width = self.spec.crop
+        for size in sizes or warmup_sizes(self.max_batch_size, self.name):
+            blank = [np.zeros((height, width, self.spec.channels), np.uint8)] * size
+            self.infer(blank)
+        self.batches_run = 0
+        self.items_run = 0
+        return time.perf_counter() - start

@@ -1,0 +1,245 @@
+"""Every Prometheus metric the predictor exports, in one place.
+
+Metrics live in the default registry, which KServe's ``/metrics`` route serves, next to
+KServe's own ``request_{preprocess,predict,postprocess}_seconds``. They are created in
+``main()`` from the settings (histogram buckets follow the batch size and the request
+timeout), never at import. Names are namespaced ``predictor_`` and use base units.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from predictor.config import Settings
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("v1", "v2", "grpc")
+
+
+def batch_size_buckets(max_batch_size: int) -> list[float]:
+    """1, 2, 4, ... up to and including ``max_batch_size``."""
+    buckets, size = [], 1
+    while size < max_batch_size:
+        buckets.append(float(size))
+        size *= 2
+    buckets.append(float(max_batch_size))
+    return buckets
+
+
+def latency_buckets(timeout_s: float, smallest_s: float = 0.0005) -> list[float]:
+    """A 1-2.5-5 ladder from ``smallest_s`` whose last bucket is the request timeout."""
+    buckets: list[float] = []
+    decade = smallest_s
+    while True:
+        for step in (1.0, 2.5, 5.0):
+            value = round(decade * step, 6)
+            if value >= timeout_s:
+                return [*buckets, timeout_s]
+            buckets.append(value)
+        decade *= 10
+
+
+class Metrics:
+    """The predictor's collectors, registered on ``registry``.
+
+    Args:
+        settings: bucket boundaries are derived from it.
+        registry: where to register; the default registry unless a test gives its own.
+    """
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry = REGISTRY) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
+        self.registry = registry
+        latency = latency_buckets(settings.request_timeout_s)
+        self.requests = Counter(
+            "predictor_requests",
+            "Inference requests answered, by protocol and HTTP status code.",
+            ["model", "protocol", "code"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "predictor_request_duration_seconds",
+            "Server-side end-to-end latency of inference requests.",
+            ["model", "protocol"],
+            buckets=latency,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "predictor_queue_wait_seconds",
+            "Time an image waited in the batch queue, from submit to batch start.",
+            ["model"],
+            buckets=latency,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "predictor_batch_size",
+            "Images per batch sent to a device.",
+            ["model"],
+            buckets=batch_size_buckets(settings.max_batch_size),
+            registry=registry,
+        )
+        self.inference_duration = Histogram(
+            "predictor_inference_duration_seconds",
+            "Device time of one batch (host-to-device copy, forward, device-to-host copy).",
+            ["model", "device"],
+            buckets=latency,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "predictor_queue_depth",
+            "Images queued for batching, not yet on a device.",
+            ["model"],
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "predictor_inflight_requests",
+            "Inference requests being processed (decoding, queued or running).",
+            ["model"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "predictor_rejected",
+            "Requests refused or failed before a result, by reason.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "predictor_model_info",
+            "Served models: architecture, compute dtype and device (value is always 1).",
+            ["model", "arch", "dtype", "device"],
+            registry=registry,
+        )
+        self.engine_failures = Gauge(
+            "predictor_consecutive_engine_failures",
+            "Batches failed in a row; the model reports unhealthy at the configured limit.",
+            ["model"],
+            registry=registry,
+        )
+
+    def model_observer(self, model: str) -> ModelObserver:
+        """The batch observer of one model."""
+        return ModelObserver(self, model)
+
+    def watch_model(
+        self,
+        model: str,
+        depth: Callable[[], float],
+        inflight: Callable[[], float],
+        failures: Callable[[], float],
+    ) -> None:
+        """Read gauges from live state at scrape time (always exact, no bookkeeping)."""
+        self.queue_depth.labels(model=model).set_function(depth)
+        self.inflight.labels(model=model).set_function(inflight)
+        self.engine_failures.labels(model=model).set_function(failures)
+
+    def describe_model(self, model: str, arch: str, dtype: str, devices: Iterable[str]) -> None:
+        """Publish ``predictor_model_info`` for each device the model runs on."""
+        for device in devices:
+            self.model_info.labels(model=model, arch=arch, dtype=dtype, device=device).set(1)
+
+    def observe_request(self, model: str, protocol: str, code: int, seconds: float) -> None:
+        """Count one answered inference request and its latency."""
+        self.requests.labels(model=model, protocol=protocol, code=str(code)).inc()
+        self.request_duration.labels(model=model, protocol=protocol).observe(seconds)
+
+    def observe_rejection(self, model: str, reason: str) -> None:
+        """Count one request refused or failed for ``reason``."""
+        self.rejected.labels(model=model, reason=reason).inc()
+
+
+class ModelObserver:
+    """Batch measurements of one model (see :class:`predictor.batcher.BatchObserver`)."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._batch_size = metrics.batch_size.labels(model=model)
+        self._queue_wait = metrics.queue_wait.labels(model=model)
+        self._inference = metrics.inference_duration
+        self._model = model
+
+    def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None:
+        """Record the batch size and each item's queue wait."""
+        self._batch_size.observe(size)
+        for wait in queue_waits_s:
+            self._queue_wait.observe(wait)
+
+    def batch_finished(self, device: str, seconds: float, ok: bool) -> None:
+        """Record device time of a successful batch."""
+        if ok:
+            self._inference.labels(model=self._model, device=device).observe(seconds)
+
+
+class GpuCollector(Collector):
+    """GPU utilisation and memory through NVML, read at scrape time.
+
+    Yields nothing (the series are absent, not zero) when NVML or a GPU is missing.
+
+    Args:
+        devices: ``(label, cuda_index)`` of the CUDA devices the engines use.
+    """
+
+    def __init__(self, devices: Sequence[tuple[str, int]]) -> None:
+        self._handles: list[tuple[str, object]] = []
+        if not devices:
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            for label, index in devices:
+                self._handles.append((label, _nvml_handle(pynvml, index)))
+        except Exception as exc:  # no driver, no library, odd container: no GPU series
+            log.warning("NVML unavailable, GPU metrics disabled: %s", exc)
+            self._handles = []
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the three GPU gauges, one sample per device."""
+        if not self._handles:
+            return
+        util = GaugeMetricFamily(
+            "predictor_gpu_utilization_ratio",
+            "Fraction of the last sample period the GPU was busy (NVML), 0..1.",
+            labels=["device"],
+        )
+        used = GaugeMetricFamily(
+            "predictor_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["device"]
+        )
+        total = GaugeMetricFamily(
+            "predictor_gpu_memory_total_bytes", "GPU memory installed (NVML).", labels=["device"]
+        )
+        for label, handle in self._handles:
+            try:
+                rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception as exc:  # a GPU fell off the bus: skip it, keep serving
+                log.warning("NVML read failed for %s: %s", label, exc)
+                continue
+            util.add_metric([label], rates.gpu / 100.0)
+            used.add_metric([label], float(memory.used))
+            total.add_metric([label], float(memory.total))
+        yield from (util, used, total)
+
+
+def _nvml_handle(pynvml: object, cuda_index: int) -> object:
+    """NVML handle of a CUDA device, matched by UUID (CUDA and NVML order may differ)."""
+    import torch
+
+    nvml = pynvml
+    try:
+        uuid = str(torch.cuda.get_device_properties(cuda_index).uuid)
+        return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")  # type: ignore[attr-defined]
+    except Exception:
+        return nvml.nvmlDeviceGetHandleByIndex(cuda_index)  # type: ignore[attr-defined]

@@ -1,0 +1,222 @@
+"""``ImageModel``: the KServe custom predictor. Wiring only.
+
+``preprocess`` decodes the request (codec) and each image (preprocess, in the bounded decode
+pool), ``predict`` submits every image to the model's :class:`DynamicBatcher` and awaits the
+results under the request's deadline, ``postprocess`` turns probabilities into top-k and
+encodes the answer in the protocol it was asked in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kserve
+import numpy as np
+
+from predictor import codec
+from predictor.batcher import DynamicBatcher, Reservation
+from predictor.errors import DeadlineExceeded, Draining, NotReady, PredictorError, TooLarge
+from predictor.model_store import ModelSpec
+from predictor.postprocess import top_k
+from predictor.preprocess import check_tensor, decode_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A request between preprocess and predict: decoded images plus its deadline."""
+
+    request: codec.ImageRequest
+    pixels: list[np.ndarray]
+    deadline: float
+    reservation: Reservation
+
+
+@dataclass
+class Predicted:
+    """A request between predict and postprocess: one probability row per image."""
+
+    request: codec.ImageRequest
+    rows: Sequence[np.ndarray]
+
+
+class ImageModel(kserve.Model):  # type: ignore[misc]
+    """An image classifier served through KServe with in-process dynamic batching.
+
+    Args:
+        spec: the model directory's manifest.
+        build_batcher: builds the (started-later) batcher: loads weights, creates one engine
+            per device and warms them up. Called by :meth:`load`, once.
+        decode_pool: the bounded thread pool images are decoded in.
+        max_image_pixels: larger images are refused (413) from their header.
+        request_timeout_s: the server's deadline; per-request timeouts can only shorten it.
+        max_consecutive_failures: failed batches in a row before reporting unhealthy (0: never).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        build_batcher: Callable[[], DynamicBatcher],
+        decode_pool: Executor,
+        max_image_pixels: int,
+        request_timeout_s: float,
+        max_consecutive_failures: int,
+    ) -> None:
+        super().__init__(spec.name)
+        self.spec = spec
+        self._build_batcher = build_batcher
+        self._decode_pool = decode_pool
+        self._max_pixels = max_image_pixels
+        self._timeout_s = request_timeout_s
+        self._max_failures = max_consecutive_failures
+        self.batcher: DynamicBatcher | None = None
+        self.draining = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Build engines and batcher once.
+
+        Idempotent: KServe calls it again, on the event loop, whenever the model is not
+        healthy (draining, failing), so later calls return at once.
+        """
+        if self.batcher is None:
+            self.batcher = self._build_batcher()
+            self.ready = True
+        return bool(self.ready)
+
+    def start_batcher(self) -> None:
+        """Start the batch collector on the running event loop."""
+        assert self.batcher is not None, "load() first"
+        self.batcher.start()
+
+    @property
+    def broken(self) -> bool:
+        """True after ``max_consecutive_failures`` failed batches in a row."""
+        if self.batcher is None or self._max_failures == 0:
+            return False
+        return self.batcher.consecutive_failures >= self._max_failures
+
+    async def healthy(self) -> bool:
+        """Ready to take traffic: loaded, not draining, engine not failing."""
+        return bool(self.ready) and not self.draining and not self.broken
+
+    def devices(self) -> list[str]:
+        """Physical devices this model runs on (``cpu``, ``cuda:0``...)."""
+        if self.batcher is None:
+            return []
+        return sorted({worker.name.split("/")[0] for worker in self.batcher.workers})
+
+    def begin_drain(self) -> None:
+        """Stop reporting ready and refuse new work; admitted work still finishes."""
+        self.draining = True
+        if self.batcher is not None:
+            self.batcher.close()
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """v2 metadata: encoded images (BYTES), or a preprocessed FP32 tensor."""
+        height, width = self.spec.input.crop
+        return [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {
+                "name": "tensor",
+                "datatype": "FP32",
+                "shape": [-1, self.spec.input.channels, height, width],
+            },
+        ]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """v2 metadata: top-k labels, scores and class ids."""
+        return [
+            {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+            {"name": "class_ids", "datatype": "INT64", "shape": [-1, -1]},
+        ]
+
+    # -- request path ------------------------------------------------------------------------
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Prepared:
+        """Decode the request and every image; images decode in parallel in the pool."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        batcher = self._admitting()
+        request = codec.decode_request(payload, headers)
+        count = len(request.images)
+        if count > batcher.capacity:
+            raise TooLarge(
+                f"request holds {count} images; this server takes at most {batcher.capacity}"
+            )
+        timeout_ms = request.timeout_ms or math.inf
+        deadline = started + min(timeout_ms / 1000.0, self._timeout_s)
+        reservation = batcher.reserve(count)
+        try:
+            jobs = [
+                loop.run_in_executor(self._decode_pool, self._prepare_one, image)
+                for image in request.images
+            ]
+            outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+            for index, outcome in enumerate(outcomes):
+                if isinstance(outcome, PredictorError) and count > 1:
+                    outcome.message = f"image {index}: {outcome.message}"
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            if loop.time() >= deadline:
+                raise DeadlineExceeded("deadline passed while decoding the images")
+        except BaseException:
+            reservation.release()
+            raise
+        return Prepared(request, list(outcomes), deadline, reservation)  # type: ignore[arg-type]
+
+    def _prepare_one(self, image: codec.ImagePayload) -> np.ndarray:
+        if isinstance(image, bytes):
+            return decode_image(image, self.spec.input, self._max_pixels)
+        return check_tensor(image, self.spec.input)
+
+    async def predict(self, prepared: Prepared, headers: dict[str, str] | None = None) -> Predicted:
+        """Submit each image to the batcher; await all results before the deadline."""
+        loop = asyncio.get_running_loop()
+        batcher = self.batcher
+        assert batcher is not None
+        request_id = (headers or {}).get("x-request-id") or prepared.request.request_id
+        try:
+            futures = [
+                batcher.submit(pixels, prepared.deadline, prepared.reservation, request_id)
+                for pixels in prepared.pixels
+            ]
+        finally:
+            prepared.reservation.release()
+        gathered = asyncio.gather(*futures, return_exceptions=True)
+        try:
+            outcomes = await asyncio.wait_for(gathered, max(0.0, prepared.deadline - loop.time()))
+        except TimeoutError:
+            raise DeadlineExceeded("deadline passed before the result was ready") from None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return Predicted(prepared.request, cast(list[np.ndarray], outcomes))
+
+    async def postprocess(
+        self, predicted: Predicted, headers: dict[str, str] | None = None
+    ) -> dict[str, Any] | Any:
+        """Softmax top-k per image, encoded in the protocol of the request."""
+        k = predicted.request.top_k or self.spec.top_k
+        results = [top_k(row, self.spec.labels, k) for row in predicted.rows]
+        if predicted.request.protocol == "v1":
+            return codec.encode_v1(results)
+        return codec.encode_v2(predicted.request, self.name, results)
+
+    def _admitting(self) -> DynamicBatcher:
+        if self.draining:
+            raise Draining("server is shutting down; retry on another replica")
+        if self.batcher is None or not self.ready or self.broken:
+            raise NotReady(f"model {self.name} is not ready")
+        return self.batcher

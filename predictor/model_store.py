@@ -1,0 +1,285 @@
+"""Model directories: find them, read their manifest, load their weights safely.
+
+A model directory holds ``model.json`` (the manifest) and the files it names::
+
+    {
+      "task": "classification",
+      "arch": "resnet18",                  # or "program": "model.pt2" (torch.export)
+      "arch_kwargs": {"num_classes": 1000},
+      "weights": "weights.pt",             # state dict: .pt/.pth or .safetensors
+      "input": {"color": "RGB", "resize": 256, "crop": 224,
+                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+      "labels": "labels.txt",              # one label per line
+      "top_k": 5
+    }
+
+Files named by a manifest must stay inside the model directory; weights load only through
+``torch.load(weights_only=True)``, safetensors, or ``torch.export.load``: never plain pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+MANIFEST = "model.json"
+TASKS = ("classification",)
+COLORS = ("RGB", "L")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ModelStoreError(ValueError):
+    """A model directory or its manifest is unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes the model's input tensor.
+
+    Attributes:
+        color: ``RGB`` or ``L`` (grayscale).
+        resize: the shorter side is resized to this many pixels.
+        crop: ``(height, width)`` of the centre crop taken after resizing.
+        mean: per-channel mean in 0..1 units.
+        std: per-channel standard deviation in 0..1 units.
+        background: grey level (0..255) transparent pixels are composited over.
+    """
+
+    color: str
+    resize: int
+    crop: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    background: int = 255
+
+    @property
+    def channels(self) -> int:
+        """Number of channels of the model input."""
+        return 3 if self.color == "RGB" else 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed, validated model directory.
+
+    Attributes:
+        name: the served name.
+        directory: the model directory.
+        task: what the model does (``classification``).
+        input: preprocessing spec.
+        labels: class labels, index = class id.
+        top_k: default number of classes returned.
+        arch: architecture name when weights are a state dict.
+        arch_kwargs: builder arguments.
+        weights: state-dict file, when ``arch`` is set.
+        program: ``torch.export`` program file, instead of arch + weights.
+    """
+
+    name: str
+    directory: Path
+    task: str
+    input: InputSpec
+    labels: tuple[str, ...]
+    top_k: int
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: Path | None = None
+    program: Path | None = None
+
+    @property
+    def arch_label(self) -> str:
+        """A short description of the network for metrics and logs."""
+        return self.arch or f"exported:{self.program.name if self.program else '?'}"
+
+
+def discover(model_dir: Path, model_name: str | None = None) -> list[ModelSpec]:
+    """Find the models under ``model_dir``.
+
+    ``model_dir`` is either one model directory (it holds ``model.json``; KServe mounts it at
+    ``/mnt/models``) or a folder of model directories, each served under its directory name.
+
+    Args:
+        model_dir: the directory to search.
+        model_name: served name when exactly one model is found.
+
+    Returns:
+        The models, sorted by name.
+
+    Raises:
+        ModelStoreError: no model found, a manifest is invalid, or names clash.
+    """
+    if (model_dir / MANIFEST).is_file():
+        candidates = [model_dir]
+    else:
+        candidates = sorted(p for p in model_dir.iterdir() if (p / MANIFEST).is_file())
+    if not candidates:
+        raise ModelStoreError(
+            f"no model found in {model_dir}: expected {MANIFEST} there or in its subdirectories"
+        )
+    if model_name is not None and len(candidates) > 1:
+        raise ModelStoreError(
+            f"--model-name {model_name!r} needs a single model, but {model_dir} holds "
+            f"{len(candidates)}: {', '.join(p.name for p in candidates)}"
+        )
+    if candidates == [model_dir]:
+        specs = [read_manifest(model_dir, model_name or model_dir.resolve().name)]
+    else:
+        specs = [read_manifest(p, model_name or p.name) for p in candidates]
+    return sorted(specs, key=lambda s: s.name)
+
+
+def read_manifest(directory: Path, name: str) -> ModelSpec:
+    """Parse and validate ``directory/model.json``.
+
+    Args:
+        directory: the model directory.
+        name: the name it will be served under.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        ModelStoreError: the manifest is missing, malformed, or names unsafe paths.
+    """
+    if not _NAME_RE.match(name):
+        raise ModelStoreError(
+            f"model name {name!r} is not usable in a URL: letters, digits, '_', '.', '-' only"
+        )
+    path = directory / MANIFEST
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelStoreError(f"{path}: cannot read manifest ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ModelStoreError(f"{path}: manifest must be a JSON object")
+    try:
+        return _parse(directory, name, raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ModelStoreError):
+            raise ModelStoreError(f"{path}: {exc}") from None
+        raise ModelStoreError(f"{path}: invalid manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _parse(directory: Path, name: str, raw: dict[str, Any]) -> ModelSpec:
+    task = raw.get("task", "classification")
+    if task not in TASKS:
+        raise ModelStoreError(f"task {task!r} is not supported (supported: {', '.join(TASKS)})")
+    inp = raw["input"]
+    color = inp.get("color", "RGB")
+    if color not in COLORS:
+        raise ModelStoreError(f"input.color must be one of {COLORS}")
+    crop_raw = inp["crop"]
+    crop = (int(crop_raw), int(crop_raw)) if isinstance(crop_raw, int) else tuple(crop_raw)
+    if len(crop) != 2 or min(crop) < 1:
+        raise ModelStoreError("input.crop must be a positive int or [height, width]")
+    resize = int(inp.get("resize", min(crop)))
+    channels = 3 if color == "RGB" else 1
+    mean = tuple(float(v) for v in inp.get("mean", [0.0] * channels))
+    std = tuple(float(v) for v in inp.get("std", [1.0] * channels))
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ModelStoreError(f"input.mean/std need {channels} values, std > 0")
+    background = int(inp.get("background", 255))
+    if not 0 <= background <= 255 or resize < min(crop):
+        raise ModelStoreError("input.background must be 0..255 and input.resize >= crop")
+    spec_input = InputSpec(color, resize, (int(crop[0]), int(crop[1])), mean, std, background)
+
+    labels_path = safe_path(directory, raw["labels"], "labels")
+    labels = tuple(
+        line.strip()
+        for line in labels_path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    )
+    if not labels:
+        raise ModelStoreError(f"labels file {raw['labels']} is empty")
+    top_k = int(raw.get("top_k", 5))
+    if top_k < 1:
+        raise ModelStoreError("top_k must be >= 1")
+
+    arch, program, weights = raw.get("arch"), raw.get("program"), raw.get("weights")
+    if (arch is None) == (program is None):
+        raise ModelStoreError("set exactly one of 'arch' (with 'weights') or 'program'")
+    if arch is not None and weights is None:
+        raise ModelStoreError("'arch' needs 'weights' (a state dict file)")
+    return ModelSpec(
+        name=name,
+        directory=directory,
+        task=task,
+        input=spec_input,
+        labels=labels,
+        top_k=min(top_k, len(labels)),
+        arch=arch,
+        arch_kwargs=dict(raw.get("arch_kwargs", {})),
+        weights=safe_path(directory, weights, "weights") if weights else None,
+        program=safe_path(directory, program, "program") if program else None,
+    )
+
+
+def safe_path(directory: Path, relative: object, what: str) -> Path:
+    """Resolve a manifest path, refusing anything that leaves the model directory.
+
+    Args:
+        directory: the model directory.
+        relative: the path as written in the manifest.
+        what: the manifest key, for the error message.
+
+    Returns:
+        The resolved path of an existing file inside ``directory``.
+
+    Raises:
+        ModelStoreError: the path is absolute, escapes the directory (also through a
+            symbolic link), or does not exist.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise ModelStoreError(f"{what} must be a relative file path")
+    candidate = Path(relative)
+    root = directory.resolve()
+    resolved = (root / candidate).resolve()
+    if candidate.is_absolute() or not resolved.is_relative_to(root):
+        raise ModelStoreError(f"{what} path {relative!r} escapes the model directory")
+    if not resolved.is_file():
+        raise ModelStoreError(f"{what} file {relative!r} does not exist")
+    return resolved
+
+
+def load_module(spec: ModelSpec) -> nn.Module:
+    """Build the network and load its weights through a safe loader.
+
+    Args:
+        spec: the model to load.
+
+    Returns:
+        The module on CPU, in eval mode.
+
+    Raises:
+        ModelStoreError: the weights do not load or do not fit the architecture.
+    """
+    import torch
+
+    from predictor import archs
+
+    try:
+        if spec.program is not None:
+            program = torch.export.load(str(spec.program))
+            module: nn.Module = program.module()
+            return module
+        assert spec.arch is not None
+        assert spec.weights is not None
+        module = archs.build(spec.arch, **spec.arch_kwargs)
+        if spec.weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(spec.weights), device="cpu")
+        else:
+            state = torch.load(str(spec.weights), map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+        return module.eval()
+    except ModelStoreError:
+        raise
+    except Exception as exc:  # any loader failure becomes a clear, named error
+        raise ModelStoreError(f"model {spec.name}: cannot load weights ({exc})") from exc

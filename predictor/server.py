@@ -1,0 +1,309 @@
+"""Builds the served models from settings and runs KServe's REST and gRPC servers.
+
+KServe provides the protocol surface (its ``DataPlane``, v1/v2 REST routes, v2 gRPC
+servicer, ``InferRequest``/``InferResponse`` types). ``kserve.ModelServer.start`` is not
+used: it hands SIGTERM to uvicorn, which closes the listener at once, and it cannot drain.
+Here the process owns its signals: on SIGTERM the models stop reporting ready, new requests
+get 503 + Retry-After while the listener stays open, every admitted request is answered,
+and the process exits 0 within ``--drain-timeout-s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import uvicorn
+from fastapi import FastAPI, Request
+from grpc import aio
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
+from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
+from prometheus_client import REGISTRY, exposition
+from starlette.responses import JSONResponse, Response
+
+from predictor import __version__
+from predictor.batcher import DynamicBatcher, Worker
+from predictor.config import Settings
+from predictor.engine import Engine, resolve_devices
+from predictor.grpc_edge import GrpcEdge
+from predictor.http_edge import HttpEdge, install_error_handlers
+from predictor.metrics import GpuCollector, Metrics
+from predictor.model import ImageModel
+from predictor.model_store import ModelSpec, discover, load_module
+from predictor.state import ServingState
+
+log = logging.getLogger("predictor")
+
+
+def build_models(
+    settings: Settings, state: ServingState, decode_pool: ThreadPoolExecutor
+) -> dict[str, ImageModel]:
+    """Discover, load, place on devices and warm up every model.
+
+    Args:
+        settings: server settings.
+        state: serving state (metrics; in-flight counts read by the gauges).
+        decode_pool: the shared image-decoding pool.
+
+    Returns:
+        Loaded, ready models by name (batchers not started yet).
+    """
+    metrics = state.metrics
+    specs = discover(settings.model_dir, settings.model_name)
+    devices = resolve_devices(settings.device_list())
+    models: dict[str, ImageModel] = {}
+    for spec in specs:
+        engines: list[Engine] = []
+
+        def build(spec: ModelSpec = spec, engines: list[Engine] = engines) -> DynamicBatcher:
+            started = time.perf_counter()
+            module = load_module(spec)
+            for device in devices:
+                engine = Engine(module, spec.input, device, settings.dtype, settings.max_batch_size)
+                seconds = engine.warmup()
+                log.info(
+                    "model %s: warmed up on %s (%s) in %.1f s",
+                    spec.name,
+                    device,
+                    engine.dtype_name,
+                    seconds,
+                )
+                engines.append(engine)
+            log.info("model %s loaded in %.1f s", spec.name, time.perf_counter() - started)
+            return DynamicBatcher(
+                [Worker(name, e.run) for name, e in zip(_unique(devices), engines, strict=True)],
+                settings.max_batch_size,
+                settings.max_batch_delay_s,
+                settings.queue_capacity,
+                observer=metrics.model_observer(spec.name),
+            )
+
+        model = ImageModel(
+            spec,
+            build,
+            decode_pool,
+            settings.max_image_pixels,
+            settings.request_timeout_s,
+            settings.max_consecutive_failures,
+        )
+        model.load()
+        batcher = model.batcher
+        assert batcher is not None
+        _watch(metrics, state, spec.name, batcher)
+        metrics.describe_model(spec.name, spec.arch_label, engines[0].dtype_name, _unique(devices))
+        models[spec.name] = model
+    return models
+
+
+def _watch(metrics: Metrics, state: ServingState, name: str, batcher: DynamicBatcher) -> None:
+    """Point the model's gauges at its live state."""
+
+    def depth() -> float:
+        return float(batcher.depth)
+
+    def inflight() -> float:
+        return float(state.inflight.get(name, 0))
+
+    def failures() -> float:
+        return float(batcher.consecutive_failures)
+
+    metrics.watch_model(name, depth=depth, inflight=inflight, failures=failures)
+
+
+def _unique(devices: list[str]) -> list[str]:
+    """Worker names: the device, suffixed ``/N`` when a device is listed more than once."""
+    seen: dict[str, int] = {}
+    names = []
+    for device in devices:
+        count = seen.get(device, 0)
+        seen[device] = count + 1
+        names.append(device if count == 0 else f"{device}/{count}")
+    return names
+
+
+def build_app(
+    state: ServingState, dataplane: DataPlane, extension: ModelRepositoryExtension
+) -> FastAPI:
+    """KServe's REST routes plus the predictor's health, readiness and metrics routes."""
+    app = FastAPI(
+        title="gpu-predictor",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    async def live() -> Response:
+        ok = state.live()
+        body = {"live": ok, "status": "alive" if ok else "failing"}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def ready() -> Response:
+        ok = not state.draining and all([await m.healthy() for m in state.models.values()])
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        encoder, content_type = exposition.choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(REGISTRY), headers={"content-type": content_type})
+
+    app.add_api_route("/", live, methods=["GET"])
+    app.add_api_route("/v2/health/live", live, methods=["GET"])
+    app.add_api_route("/v2/health/ready", ready, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
+    register_v1_endpoints(app, dataplane, extension)
+    register_v2_endpoints(app, dataplane, extension)
+    # Models are fixed at start; KServe's repository load/unload routes would let any client
+    # unload a model, so they are not served.
+    app.router.routes[:] = [
+        r for r in app.router.routes if not getattr(r, "path", "").startswith("/v2/repository")
+    ]
+    install_error_handlers(app)
+    return app
+
+
+class _UvicornServer(uvicorn.Server):
+    """Uvicorn without its own signal handling: the drain owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _run(settings: Settings, state: ServingState) -> int:
+    loop = asyncio.get_running_loop()
+    models = state.models
+    for model in models.values():
+        model.start_batcher()
+    repository = ModelRepository(models_dir=str(settings.model_dir))
+    for model in models.values():
+        repository.update(model)
+    dataplane = DataPlane(model_registry=repository)
+    extension = ModelRepositoryExtension(model_registry=repository)
+    app = build_app(state, dataplane, extension)
+
+    http = _UvicornServer(
+        uvicorn.Config(
+            HttpEdge(app, state, settings.max_body_bytes),
+            host=settings.host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=65,
+            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        )
+    )
+    grpc_server = None
+    if settings.enable_grpc:
+        grpc_server = aio.server(
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"),
+            interceptors=(GrpcEdge(state),),
+            options=[
+                ("grpc.max_receive_message_length", settings.max_body_bytes),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(dataplane, extension), grpc_server
+        )
+        grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        await grpc_server.start()
+
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            log.info("%s received: draining", name)
+            stop.set()
+        elif signum == signal.SIGINT:
+            log.warning("second SIGINT: exiting without draining")
+            os._exit(130)
+        else:
+            log.info("%s received again: already draining", name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    http_task = asyncio.create_task(http.serve(), name="http")
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    if http_task.done():
+        stop_task.cancel()
+        error = http_task.exception()
+        log.error("HTTP server stopped: %s", error or "unexpectedly")
+        await _close(models, grpc_server, 0)
+        return 1
+
+    drained_s = await _drain(state, models, settings.drain_timeout_s)
+    http.should_exit = True
+    await asyncio.gather(http_task, return_exceptions=True)
+    await _close(models, grpc_server, 1)
+    log.info("stopped after a %.2f s drain", drained_s)
+    return 0
+
+
+async def _drain(state: ServingState, models: Mapping[str, ImageModel], timeout_s: float) -> float:
+    """Refuse new work, wait for in-flight requests (up to ``timeout_s``); seconds taken."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    state.draining = True
+    for model in models.values():
+        model.begin_drain()
+    log.info("draining %d in-flight request(s), up to %.0f s", state.total_inflight, timeout_s)
+    if state.total_inflight > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.idle.wait(), timeout_s)
+    if state.total_inflight:
+        log.warning("drain timeout: %d request(s) still in flight", state.total_inflight)
+    return loop.time() - started
+
+
+async def _close(
+    models: Mapping[str, ImageModel], grpc_server: aio.Server | None, grace_s: float
+) -> None:
+    if grpc_server is not None:
+        await grpc_server.stop(grace=grace_s)
+    for model in models.values():
+        if model.batcher is not None:
+            await model.batcher.stop()
+
+
+def serve(settings: Settings) -> int:
+    """Load every model, then serve until SIGTERM/SIGINT and a completed drain.
+
+    Returns:
+        The process exit code: 0 after a clean drain.
+    """
+    # KServe's routes use FastAPI's ORJSONResponse, deprecated upstream; not actionable here.
+    warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
+    state = ServingState(models={}, metrics=Metrics(settings), auth_token=settings.auth_token())
+    decode_pool = ThreadPoolExecutor(settings.effective_decode_workers, thread_name_prefix="decode")
+    models = build_models(settings, state, decode_pool)
+    state.models = models
+    cuda = sorted({d for m in models.values() for d in m.devices() if d.startswith("cuda")})
+    if cuda:
+        REGISTRY.register(GpuCollector([(d, int(d.split(":")[1])) for d in cuda]))
+    log.info(
+        "serving %s on http://%s:%d (gRPC %s)",
+        ", ".join(models),
+        settings.host,
+        settings.http_port,
+        settings.grpc_port if settings.enable_grpc else "off",
+    )
+    try:
+        return asyncio.run(_run(settings, state))
+    finally:
+        decode_pool.shutdown(wait=False, cancel_futures=True)

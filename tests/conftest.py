@@ -1,0 +1,57 @@
+"""Session fixtures: real predictor processes on loopback, shared where tests allow.
+
+Starting a server costs ~15-20 s here (kserve + torch imports), so one ``digits_server``
+serves every test that only reads; tests that kill, drain or overload a server start their
+own with ``start_server``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.test_archs import write_model
+from tests.support import DIGITS, PredictorProcess
+
+StartServer = Callable[..., PredictorProcess]
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """Start predictor processes on demand; all are stopped at the end of the session."""
+    started: list[PredictorProcess] = []
+
+    def start(
+        args: Sequence[str],
+        models: Sequence[str],
+        env: dict[str, str] | None = None,
+        test_archs: bool = False,
+    ) -> PredictorProcess:
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        server = PredictorProcess(args, log, env=env, test_archs=test_archs)
+        started.append(server)
+        server.wait_ready(models)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of models: the digits demo plus the test-only slow and poison models."""
+    folder = tmp_path_factory.mktemp("models")
+    shutil.copytree(DIGITS, folder / "digits", ignore=shutil.ignore_patterns("samples", "*.py"))
+    write_model(folder / "slow", "slow_net", delay_ms=50)
+    write_model(folder / "poison", "poison_net", delay_ms=20)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digits_server(start_server: StartServer) -> PredictorProcess:
+    """The demo model served with default settings (plus a 20 ms batch window)."""
+    return start_server(["--model-dir", str(DIGITS), "--max-batch-delay-ms", "20"], ["digits"])
