@@ -114,6 +114,9 @@ class DynamicBatcher:
         self.observer = observer
         self.consecutive_failures = 0
         self.batches_dispatched = 0
+        #: Moving average of a batch's run time: items that would miss their deadline
+        #: before a batch could finish are answered 504 at once instead of wasting the device.
+        self.expected_batch_s = 0.0
         self._queue: deque[_Item] = deque()
         self._live = 0  # queued items whose future is not done
         self._reserved = 0
@@ -295,13 +298,21 @@ class DynamicBatcher:
         item.queued = False
         self._live -= 1
         waited_ms = (now - item.enqueued) * 1000
-        _fail(item, DeadlineExceeded(f"deadline passed after {waited_ms:.0f} ms in the queue"))
+        if item.deadline <= now:
+            reason = f"deadline passed after {waited_ms:.0f} ms in the queue"
+        else:
+            reason = (
+                f"deadline would pass before inference finishes (waited {waited_ms:.0f} ms; "
+                f"a batch takes ~{self.expected_batch_s * 1000:.0f} ms)"
+            )
+        _fail(item, DeadlineExceeded(reason))
 
     def _take(self, now: float) -> list[_Item]:
         batch: list[_Item] = []
+        horizon = now + self.expected_batch_s
         while self._queue and len(batch) < self.max_batch_size:
             item = self._queue.popleft()
-            if item.future.done() or item.deadline <= now:
+            if item.future.done() or item.deadline <= horizon:
                 self._discard(item, now)
                 continue
             item.queued = False
@@ -351,6 +362,10 @@ class DynamicBatcher:
                 error = RuntimeError(f"engine returned {len(rows)} results for {len(batch)} items")
         if error is None:
             self.consecutive_failures = 0
+            if self.expected_batch_s == 0.0:
+                self.expected_batch_s = seconds
+            else:
+                self.expected_batch_s += 0.2 * (seconds - self.expected_batch_s)
             for item, row in zip(batch, rows, strict=True):
                 if not item.future.done():
                     item.future.set_result(row)

@@ -212,13 +212,14 @@ class HttpEdge:
 
 
 async def _reply(send: Send, error: PredictorError) -> None:
-    headers = [(b"content-type", b"application/json")]
+    body = orjson.dumps({"error": error.message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if error.retry_after_s is not None:
         headers.append((b"retry-after", str(error.retry_after_s).encode()))
     if error.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": orjson.dumps({"error": error.message})})
+    await send({"type": "http.response.body", "body": body})
 
 
 # -- error translation: exception handlers on the FastAPI app ---------------------------------

@@ -1,0 +1,219 @@
+"""Codec: every accepted payload shape decodes to the same images; answers encode per protocol."""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+import numpy as np
+import pytest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
+
+from predictor import codec
+from predictor.errors import BadInput
+from predictor.postprocess import top_k
+
+IMG_A, IMG_B = b"\x89PNG fake a", b"\xff\xd8 fake b"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def grpc_request(
+    values: list[bytes], parameters: dict[str, pb.InferParameter] | None = None
+) -> InferRequest:
+    raw = b"".join(struct.pack("<I", len(v)) + v for v in values)
+    message = pb.ModelInferRequest(
+        model_name="m",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="image", datatype="BYTES", shape=[len(values)]
+            )
+        ],
+        raw_input_contents=[raw],
+        parameters=parameters or {},
+    )
+    return InferRequest.from_grpc(message)
+
+
+def test_raw_body_is_one_v1_image() -> None:
+    request = codec.decode_request(IMG_A)
+    assert request.protocol == "v1"
+    assert request.images == [IMG_A]
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [{"image_bytes": {"b64": b64(IMG_A)}}, {"b64": b64(IMG_A)}, b64(IMG_A)],
+    ids=["image_bytes", "b64", "bare"],
+)
+def test_v1_instance_forms(instance: object) -> None:
+    request = codec.decode_request({"instances": [instance, {"b64": b64(IMG_B)}]})
+    assert request.images == [IMG_A, IMG_B]
+
+
+def test_v1_parameters_and_header_deadline() -> None:
+    body = {"instances": [b64(IMG_A)], "parameters": {"top_k": 3, "timeout_ms": 800}}
+    request = codec.decode_request(body, {codec.TIMEOUT_HEADER: "500"})
+    assert request.top_k == 3
+    assert request.timeout_ms == 500  # the shorter of header and parameter
+
+
+def test_base64_with_line_breaks_and_urlsafe_alphabet() -> None:
+    wrapped = "\n".join(b64(IMG_A * 20)[i : i + 76] for i in range(0, len(b64(IMG_A * 20)), 76))
+    assert codec.decode_request({"instances": [wrapped]}).images == [IMG_A * 20]
+    urlsafe = base64.urlsafe_b64encode(b"\xfb\xff\xfe" * 5).decode()
+    assert codec.decode_request({"instances": [urlsafe]}).images == [b"\xfb\xff\xfe" * 5]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"inputs": []}, '"instances"'),
+        ({"instances": "x"}, '"instances"'),
+        ({"instances": [{"image_bytes": 3}]}, "instances[0]"),
+        ({"instances": [b64(IMG_A), "***"]}, "instances[1] is not valid base64"),
+        ({"instances": []}, "no images"),
+        ({"instances": [b64(IMG_A)], "parameters": {"top_k": 0}}, "top_k"),
+        ({"instances": [b64(IMG_A)], "parameters": {"top_k": True}}, "top_k"),
+        ({"instances": [b64(IMG_A)], "parameters": []}, "parameters"),
+    ],
+)
+def test_v1_errors_name_the_problem(body: dict[str, object], message: str) -> None:
+    with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("]", r"\]")) as raised:
+        codec.decode_request(body)
+    assert raised.value.status == 400
+    assert "\n" not in raised.value.message
+
+
+def test_v2_rest_bytes_are_base64_strings() -> None:
+    tensor = InferInput(name="image", shape=[2], datatype="BYTES", data=[b64(IMG_A), b64(IMG_B)])
+    request = codec.decode_request(
+        InferRequest("m", [tensor], request_id="r1", parameters={"top_k": 2})
+    )
+    assert request.protocol == "v2"
+    assert request.images == [IMG_A, IMG_B]
+    assert request.top_k == 2
+    assert request.request_id == "r1"
+
+
+def test_v2_bytes_shape_n_by_1_and_count_mismatch() -> None:
+    tensor = InferInput(
+        name="image", shape=[2, 1], datatype="BYTES", data=[[b64(IMG_A)], [b64(IMG_B)]]
+    )
+    assert codec.decode_request(InferRequest("m", [tensor])).images == [IMG_A, IMG_B]
+    short = InferInput(name="image", shape=[3], datatype="BYTES", data=[b64(IMG_A)])
+    with pytest.raises(BadInput, match="1 elements but shape says 3"):
+        codec.decode_request(InferRequest("m", [short]))
+
+
+def test_grpc_raw_bytes_and_parameters() -> None:
+    request = codec.decode_request(
+        grpc_request([IMG_A, IMG_B], {"top_k": pb.InferParameter(int64_param=4)})
+    )
+    assert request.protocol == "grpc"
+    assert request.images == [IMG_A, IMG_B]
+    assert request.top_k == 4
+    assert request.binary_outputs
+
+
+def test_fp32_tensor_from_json_and_raw() -> None:
+    array = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    nested = InferInput(name="tensor", shape=[2, 3, 4, 5], datatype="FP32", data=array.tolist())
+    flat = InferInput(
+        name="tensor", shape=[2, 3, 4, 5], datatype="FP32", data=array.ravel().tolist()
+    )
+    for tensor in (nested, flat):
+        images = codec.decode_request(InferRequest("m", [tensor])).images
+        assert len(images) == 2
+        np.testing.assert_array_equal(np.stack(images), array)
+    message = pb.ModelInferRequest(
+        model_name="m",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="t", datatype="FP32", shape=[2, 3, 4, 5])
+        ],
+        raw_input_contents=[array.tobytes()],
+    )
+    images = codec.decode_request(InferRequest.from_grpc(message)).images
+    np.testing.assert_array_equal(np.stack(images), array)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (InferInput(name="x", shape=[1, 3], datatype="INT32", data=[1, 2, 3]), "datatype INT32"),
+        (
+            InferInput(name="x", shape=[2, 2], datatype="FP32", data=[1.0, 2.0, 3.0, 4.0]),
+            r"\[N, C, H, W\]",
+        ),
+        (
+            InferInput(name="x", shape=[1, 1, 2, 2], datatype="FP32", data=[1.0, 2.0]),
+            "does not hold 4 numbers",
+        ),
+        (
+            InferInput(name="x", shape=[1, 1, 1, 2], datatype="FP32", data=[1.0, "a"]),
+            "does not hold",
+        ),
+        (InferInput(name="x", shape=[3, 3], datatype="BYTES", data=["a"]), r"shape \[N\]"),
+    ],
+)
+def test_v2_errors_name_the_problem(tensor: InferInput, message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        codec.decode_request(InferRequest("m", [tensor]))
+
+
+def test_v2_needs_exactly_one_input() -> None:
+    tensor = InferInput(name="image", shape=[1], datatype="BYTES", data=[b64(IMG_A)])
+    with pytest.raises(BadInput, match="exactly one input"):
+        codec.decode_request(InferRequest("m", [tensor, tensor]))
+
+
+def test_encode_v1_shape() -> None:
+    results = [top_k(np.array([0.1, 0.7, 0.2], np.float32), ["a", "b", "c"], 2)]
+    assert codec.encode_v1(results) == {
+        "predictions": [
+            [
+                {"label": "b", "score": pytest.approx(0.7), "class_id": 1},
+                {"label": "c", "score": pytest.approx(0.2), "class_id": 2},
+            ]
+        ]
+    }
+
+
+def test_encode_v2_rest_and_grpc() -> None:
+    results = [
+        top_k(np.array([0.1, 0.7, 0.2], np.float32), ["a", "b", "c"], 2),
+        top_k(np.array([0.5, 0.2, 0.3], np.float32), ["a", "b", "c"], 2),
+    ]
+    rest_request = codec.ImageRequest("v2", [IMG_A, IMG_B], request_id="abc")
+    body, _ = codec.encode_v2(rest_request, "m", results).to_rest()
+    assert isinstance(body, dict)
+    assert body["id"] == "abc"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["labels"] == {
+        "name": "labels",
+        "shape": [2, 2],
+        "datatype": "BYTES",
+        "data": ["b", "c", "a", "c"],
+    }
+    assert outputs["class_ids"]["data"] == [1, 2, 0, 2]
+    assert outputs["scores"]["datatype"] == "FP32"
+
+    grpc_req = codec.decode_request(grpc_request([IMG_A, IMG_B]))
+    message = codec.encode_v2(grpc_req, "m", results).to_grpc()
+    decoded = InferResponse.from_grpc(message)
+    labels = decoded.get_output_by_name("labels")
+    scores = decoded.get_output_by_name("scores")
+    assert labels is not None
+    assert scores is not None
+    assert labels.as_numpy().tolist() == [[b"b", b"c"], [b"a", b"c"]]
+    np.testing.assert_allclose(scores.as_numpy(), [[0.7, 0.2], [0.5, 0.3]], rtol=1e-6)
+
+
+def test_protocol_labels() -> None:
+    assert codec.protocol_of(b"x") == "v1"
+    assert codec.protocol_of({"instances": []}) == "v1"
+    assert codec.protocol_of(InferRequest("m", [])) == "v2"
+    assert codec.protocol_of(grpc_request([IMG_A])) == "grpc"

@@ -1,0 +1,128 @@
+"""Settings: flags beat env vars beat defaults; bad values exit 2 with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from predictor.config import SERVE_OPTIONS, Settings, SettingsError, env_name, settings_from
+from tests.support import DIGITS, ROOT
+
+
+def resolve(flags: dict[str, str | None], env: dict[str, str] | None = None) -> Settings:
+    raw: dict[str, str | None] = {field: None for _, field, _, _ in SERVE_OPTIONS}
+    raw.update(flags)
+    return settings_from(raw, env or {})
+
+
+def test_defaults() -> None:
+    settings = resolve({"model_dir": str(DIGITS)})
+    assert (settings.http_port, settings.grpc_port) == (8080, 8081)
+    assert settings.max_body_bytes == 32 * 1024 * 1024
+    assert settings.max_image_pixels == 40_000_000
+    assert settings.request_timeout_ms == 30_000
+    assert settings.drain_timeout_s == 25
+    assert settings.devices == "auto"
+    assert settings.auth_token() is None
+    assert Settings().model_dir == Path("models")  # the CLI's default model directory
+
+
+def test_env_vars_set_every_option_and_flags_win() -> None:
+    env = {
+        env_name("model_dir"): str(DIGITS),
+        env_name("max_batch_size"): "8",
+        env_name("max_batch_delay_ms"): "2.5",
+        env_name("devices"): "cpu,cpu",
+        env_name("dtype"): "bfloat16",
+        env_name("enable_grpc"): "false",
+    }
+    settings = resolve({"max_batch_size": "16"}, env)
+    assert settings.max_batch_size == 16  # flag beats env
+    assert settings.max_batch_delay_ms == 2.5
+    assert settings.device_list() == ["cpu", "cpu"]
+    assert settings.dtype == "bfloat16"
+    assert settings.enable_grpc is False
+
+
+def test_every_option_has_an_env_var_named_after_it() -> None:
+    for flag, field, _, _ in SERVE_OPTIONS:
+        assert flag == "--" + field.replace("_", "-")
+        assert env_name(field) == "PREDICTOR_" + field.upper()
+
+
+def test_auth_token_is_stripped(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("  s3cret\n")
+    assert (
+        resolve({"model_dir": str(DIGITS), "auth_token_file": str(token)}).auth_token() == "s3cret"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"max_batch_delay_ms": "-1"}, "--max-batch-delay-ms must be in 0..10000"),
+        ({"devices": "tpu:0"}, "unknown device 'tpu:0'"),
+        (
+            {"model_dir": "/nonexistent/models"},
+            "--model-dir /nonexistent/models is not a directory",
+        ),
+        ({"max_batch_size": "64", "queue_capacity": "16"}, "must be >= --max-batch-size"),
+        ({"http_port": "9000", "grpc_port": "9000"}, "must differ"),
+        ({"max_batch_size": "many"}, "--max-batch-size: invalid value 'many'"),
+        ({"dtype": "int8"}, "--dtype must be one of"),
+        ({"max_body_bytes": "10"}, "--max-body-bytes must be >= 1024"),
+        (
+            {"request_timeout_ms": "5", "max_batch_delay_ms": "5"},
+            "must be below --request-timeout-ms",
+        ),
+        ({"auth_token_file": "/nonexistent/token"}, "is not a readable file"),
+    ],
+)
+def test_bad_values_are_refused_with_a_clear_message(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("[", r"\[")):
+        resolve({"model_dir": str(DIGITS), **flags})
+
+
+def test_env_var_errors_name_the_variable() -> None:
+    with pytest.raises(SettingsError, match="PREDICTOR_HTTP_PORT: invalid value 'x'"):
+        resolve({"model_dir": str(DIGITS)}, {"PREDICTOR_HTTP_PORT": "x"})
+
+
+def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "predictor", "serve", "--max-batch-delay-ms", "-1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gpu-predictor serve: error: --max-batch-delay-ms must be in 0..10000 (got -1)"
+    ]
+
+
+def test_cli_refuses_an_unavailable_device() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "predictor",
+            "serve",
+            "--model-dir",
+            str(DIGITS),
+            "--devices",
+            "cuda:99",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "unknown device cuda:99" in result.stderr
+    assert "Traceback" not in result.stderr

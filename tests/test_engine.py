@@ -1,0 +1,135 @@
+"""Engine: batched results equal single results, normalisation paths agree, OOM splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from predictor.engine import DeviceError, Engine, resolve_devices, resolve_dtype, warmup_sizes
+from predictor.model_store import InputSpec, load_module, read_manifest
+from tests.support import DIGITS
+
+CUDA = torch.cuda.is_available()
+
+
+def digits_engine(device: str = "cpu", dtype: str = "float32", max_batch: int = 16) -> Engine:
+    spec = read_manifest(DIGITS, "digits")
+    return Engine(load_module(spec), spec.input, device, dtype, max_batch)
+
+
+def random_digits(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (32, 32, 1), dtype=np.uint8) for _ in range(count)]
+
+
+def test_batched_results_equal_one_at_a_time() -> None:
+    engine = digits_engine()
+    images = random_digits(16)
+    batched = engine.infer(images)
+    single = np.concatenate([engine.infer([image]) for image in images])
+    assert batched.shape == (16, 10)
+    np.testing.assert_allclose(batched.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    assert engine.batches_run == 17
+    assert engine.items_run == 32
+
+
+def test_preprocessed_float_tensors_give_the_same_result_as_pixels() -> None:
+    engine = digits_engine()
+    spec = engine.spec
+    images = random_digits(3, seed=1)
+    tensors = [
+        (
+            (img.transpose(2, 0, 1) / 255.0 - np.array(spec.mean)[:, None, None])
+            / np.array(spec.std)[:, None, None]
+        ).astype(np.float32)
+        for img in images
+    ]
+    np.testing.assert_allclose(engine.infer(tensors), engine.infer(images), atol=1e-5)
+    mixed = engine.infer([images[0], tensors[1], images[2]])
+    np.testing.assert_allclose(mixed, engine.infer(images), atol=1e-5)
+
+
+class OomAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.seen: list[int] = []
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return torch.stack([x.mean(dim=(1, 2, 3)), -x.mean(dim=(1, 2, 3))], dim=1) * self.scale
+
+
+def test_out_of_memory_splits_the_batch_in_halves() -> None:
+    spec = InputSpec("L", 4, (4, 4), (0.0,), (1.0,))
+    engine = Engine(OomAbove(limit=2), spec, "cpu", "float32", 8)
+    module = engine.module
+    assert isinstance(module, OomAbove)
+    images = [np.full((4, 4, 1), v, np.uint8) for v in range(0, 80, 10)]
+    result = engine.run(images)
+    assert result.shape == (8, 2)
+    assert module.seen == [8, 4, 2, 2, 4, 2, 2]
+    expected = np.concatenate([engine.infer([image]) for image in images])
+    np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+def test_out_of_memory_on_a_single_item_is_raised() -> None:
+    spec = InputSpec("L", 4, (4, 4), (0.0,), (1.0,))
+    engine = Engine(OomAbove(limit=0), spec, "cpu", "float32", 4)
+    with pytest.raises(torch.OutOfMemoryError):
+        engine.run([np.zeros((4, 4, 1), np.uint8)] * 2)
+
+
+def test_batch_larger_than_configured_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"1\.\.2"):
+        digits_engine(max_batch=2).infer(random_digits(3))
+
+
+def test_devices_and_dtypes_resolve() -> None:
+    expected_auto = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if CUDA else ["cpu"]
+    assert resolve_devices(["auto"]) == expected_auto
+    assert resolve_devices(["cpu", "cpu"]) == ["cpu", "cpu"]
+    with pytest.raises(DeviceError, match="unknown device cuda:99"):
+        resolve_devices(["cuda:99"])
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cuda:0") == torch.float16
+    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+
+
+def test_warmup_covers_every_size_the_engine_will_see() -> None:
+    assert warmup_sizes(32, "cpu") == [1, 2, 4, 8, 16, 32]
+    assert warmup_sizes(24, "cpu") == [1, 2, 4, 8, 16, 24]
+    assert warmup_sizes(8, "cuda:0") == list(range(1, 9))
+    engine = digits_engine(max_batch=4)
+    engine.warmup()
+    assert engine.batches_run == 0  # warm-up batches are not counted as served work
+
+
+def test_bfloat16_on_cpu_stays_close_to_float32() -> None:
+    images = random_digits(4, seed=3)
+    reference = digits_engine().infer(images)
+    low = digits_engine(dtype="bfloat16").infer(images)
+    assert (low.argmax(1) == reference.argmax(1)).all()
+    np.testing.assert_allclose(low, reference, atol=0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_cuda_engine_matches_cpu(dtype: str) -> None:
+    images = random_digits(16, seed=4)
+    reference = digits_engine().infer(images)
+    engine = digits_engine("cuda:0", dtype)
+    engine.warmup()
+    result = engine.infer(images)
+    assert (result.argmax(1) == reference.argmax(1)).all()
+    np.testing.assert_allclose(result, reference, atol=0.02 if dtype != "float32" else 1e-4)
+    np.testing.assert_allclose(engine.infer(images[:3]), result[:3], atol=0.02)

@@ -1,0 +1,74 @@
+"""The README's examples are executed against a live server and their outputs compared.
+
+Every ``$ command`` line of a ``console`` block in README.md runs (``localhost:8080`` pointing
+at the test server, ``uv run python`` as this interpreter, the gRPC example aimed at the test
+server's gRPC port); the lines after it are the expected output. JSON is compared with
+floats rounded to three places and ``"<uuid>"`` matching any id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.support import ROOT, PredictorProcess
+
+README = (ROOT / "README.md").read_text()
+
+
+def console_examples() -> list[tuple[str, list[str]]]:
+    examples: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```console\n(.*?)```", README, flags=re.S):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                examples.append((line[2:], []))
+            elif examples and line:
+                examples[-1][1].append(line)
+    return examples
+
+
+EXAMPLES = console_examples()
+
+
+def normalise(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, list):
+        return [normalise(v) for v in value]
+    if isinstance(value, dict):
+        return {k: "<uuid>" if k == "id" else normalise(v) for k, v in value.items()}
+    return value
+
+
+def same_output(actual: str, expected: str) -> bool:
+    try:
+        return bool(normalise(json.loads(actual)) == normalise(json.loads(expected)))
+    except json.JSONDecodeError:
+        return actual.strip() == expected.strip()
+
+
+def test_readme_has_an_example_for_every_route() -> None:
+    commands = " ".join(command for command, _ in EXAMPLES)
+    for route in (":predict", "/infer", "grpc_client.py", "/ready", "/metrics"):
+        assert route in commands
+
+
+@pytest.mark.parametrize(("command", "expected"), EXAMPLES, ids=[c[:60] for c, _ in EXAMPLES])
+def test_readme_example(digits_server: PredictorProcess, command: str, expected: list[str]) -> None:
+    local = command.replace("localhost:8080", f"127.0.0.1:{digits_server.http_port}")
+    local = local.replace("uv run python", sys.executable)
+    if "grpc_client.py" in local:
+        local += f" --target {digits_server.grpc_target}"
+    result = subprocess.run(
+        ["bash", "-c", local], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(expected), result.stdout
+    for actual, wanted in zip(lines, expected, strict=True):
+        assert same_output(actual, wanted), f"\nactual:   {actual}\nexpected: {wanted}"
