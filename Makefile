@@ -8,7 +8,7 @@ TOOLS  := .tools
 UV     := $(TOOLS)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 
-.PHONY: serve test lint typecheck pytest sync clean help
+.PHONY: serve test lint typecheck pytest sync prometheus clean help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -30,8 +30,14 @@ lint: sync
 typecheck: sync
 	$(UV) run --frozen mypy
 
-pytest: sync
+pytest: sync prometheus
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+# prometheus + promtool for the observability tests: from PATH, else unpacked from Debian's .deb.
+prometheus: $(TOOLS)/prometheus/bin/promtool
+
+$(TOOLS)/prometheus/bin/promtool:
+	scripts/install-prometheus.sh $(TOOLS)/prometheus
 
 test: lint typecheck pytest
 

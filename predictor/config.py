@@ -8,6 +8,7 @@ the flag and the environment variable.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -131,13 +132,38 @@ class Settings:
         """Decode threads: the flag, or one per available core."""
         if self.decode_workers:
             return self.decode_workers
-        return max(1, len(os.sched_getaffinity(0)))
+        return available_cpus()
 
     def auth_token(self) -> str | None:
         """The bearer token, surrounding whitespace stripped; None when auth is off."""
         if self.auth_token_file is None:
             return None
         return self.auth_token_file.read_text(encoding="utf-8").strip()
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota.
+
+    In a pod, ``os.cpu_count()`` and the affinity mask show the node's cores; the CPU limit
+    is a cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``).
+    """
+    cpus = len(os.sched_getaffinity(0))
+    quota: float | None = None
+    try:
+        text = (cgroup_root / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            quota = int(text[0]) / int(text[1])
+    except (OSError, ValueError, IndexError):
+        try:
+            us = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+            if us > 0 and period > 0:
+                quota = us / period
+        except (OSError, ValueError):
+            quota = None
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -8,8 +8,10 @@ timeout), never at import. Names are namespaced ``predictor_`` and use base unit
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -27,6 +29,23 @@ from predictor.config import Settings
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("v1", "v2", "grpc")
+
+# Values of the ``reason`` label of ``predictor_rejected_total`` (see predictor.errors). Each
+# model's series start at 0, so that ``rate()`` sees the first rejection (a counter that
+# appears at 1 has no earlier sample to rise from) and "no rejections" reads 0, not "no data".
+REJECT_REASONS = (
+    "queue_full",
+    "draining",
+    "not_ready",
+    "timeout",
+    "bad_input",
+    "too_large",
+    "unauthorized",
+    "unknown_model",
+    "cancelled",
+    "engine_error",
+    "internal",
+)
 
 
 def batch_size_buckets(max_batch_size: int) -> list[float]:
@@ -63,6 +82,8 @@ class Metrics:
     def __init__(self, settings: Settings, registry: CollectorRegistry = REGISTRY) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = registry
+        self._max_batch_size = settings.max_batch_size
+        self._queue_capacity = settings.queue_capacity
         latency = latency_buckets(settings.request_timeout_s)
         self.requests = Counter(
             "predictor_requests",
@@ -128,6 +149,19 @@ class Metrics:
             ["model"],
             registry=registry,
         )
+        self.max_batch_size = Gauge(
+            "predictor_max_batch_size",
+            "Configured largest batch (--max-batch-size): the ceiling of predictor_batch_size.",
+            ["model"],
+            registry=registry,
+        )
+        self.queue_capacity = Gauge(
+            "predictor_queue_capacity",
+            "Configured queue size (--queue-capacity): predictor_queue_depth at which requests "
+            "are refused with 503.",
+            ["model"],
+            registry=registry,
+        )
 
     def model_observer(self, model: str) -> ModelObserver:
         """The batch observer of one model."""
@@ -146,9 +180,18 @@ class Metrics:
         self.engine_failures.labels(model=model).set_function(failures)
 
     def describe_model(self, model: str, arch: str, dtype: str, devices: Iterable[str]) -> None:
-        """Publish ``predictor_model_info`` for each device the model runs on."""
+        """Publish a served model: its info series, batching limits and zeroed rejections.
+
+        Sets ``predictor_model_info`` to 1 for each device the model runs on, the configured
+        batch and queue limits, and creates ``predictor_rejected_total`` at 0 for every
+        reason.
+        """
         for device in devices:
             self.model_info.labels(model=model, arch=arch, dtype=dtype, device=device).set(1)
+        self.max_batch_size.labels(model=model).set(self._max_batch_size)
+        self.queue_capacity.labels(model=model).set(self._queue_capacity)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(model=model, reason=reason)
 
     def observe_request(self, model: str, protocol: str, code: int, seconds: float) -> None:
         """Count one answered inference request and its latency."""
@@ -184,42 +227,43 @@ class ModelObserver:
 class GpuCollector(Collector):
     """GPU utilisation and memory through NVML, read at scrape time.
 
-    Yields nothing (the series are absent, not zero) when NVML or a GPU is missing.
+    Yields nothing (the series are absent, not zero) when NVML or a GPU is missing, and
+    leaves out a device whose handle or reading fails.
 
     Args:
         devices: ``(label, cuda_index)`` of the CUDA devices the engines use.
+        nvml: the NVML binding (``pynvml`` from ``nvidia-ml-py`` when not given; tests pass a
+            stand-in).
     """
 
-    def __init__(self, devices: Sequence[tuple[str, int]]) -> None:
+    def __init__(self, devices: Sequence[tuple[str, int]], nvml: Any = None) -> None:
         self._handles: list[tuple[str, object]] = []
+        self._nvml: Any = None
         if not devices:
             return
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            for label, index in devices:
-                self._handles.append((label, _nvml_handle(pynvml, index)))
+            if nvml is None:
+                nvml = importlib.import_module("pynvml")
+            nvml.nvmlInit()
         except Exception as exc:  # no driver, no library, odd container: no GPU series
             log.warning("NVML unavailable, GPU metrics disabled: %s", exc)
-            self._handles = []
+            return
+        self._nvml = nvml
+        for label, index in devices:
+            try:
+                self._handles.append((label, _nvml_handle(nvml, index)))
+            except Exception as exc:
+                log.warning("NVML has no handle for %s, its GPU metrics disabled: %s", label, exc)
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric names, without touching NVML (used at registration)."""
+        return self._families()
 
     def collect(self) -> Iterable[Metric]:
-        """Yield the three GPU gauges, one sample per device."""
+        """Yield the three GPU gauges, one sample per readable device."""
         if not self._handles:
-            return
-        util = GaugeMetricFamily(
-            "predictor_gpu_utilization_ratio",
-            "Fraction of the last sample period the GPU was busy (NVML), 0..1.",
-            labels=["device"],
-        )
-        used = GaugeMetricFamily(
-            "predictor_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["device"]
-        )
-        total = GaugeMetricFamily(
-            "predictor_gpu_memory_total_bytes", "GPU memory installed (NVML).", labels=["device"]
-        )
+            return []
+        util, used, total = self._families()
         for label, handle in self._handles:
             try:
                 rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
@@ -230,16 +274,36 @@ class GpuCollector(Collector):
             util.add_metric([label], rates.gpu / 100.0)
             used.add_metric([label], float(memory.used))
             total.add_metric([label], float(memory.total))
-        yield from (util, used, total)
+        return [family for family in (util, used, total) if family.samples]
+
+    @staticmethod
+    def _families() -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                "predictor_gpu_utilization_ratio",
+                "Fraction of the last NVML sample period (1/6 s to 1 s) in which a kernel ran "
+                "on the GPU, 0..1; counts every process on the device.",
+                labels=["device"],
+            ),
+            GaugeMetricFamily(
+                "predictor_gpu_memory_used_bytes",
+                "GPU memory in use by all processes on the device (NVML).",
+                labels=["device"],
+            ),
+            GaugeMetricFamily(
+                "predictor_gpu_memory_total_bytes",
+                "GPU memory installed on the device (NVML).",
+                labels=["device"],
+            ),
+        ]
 
 
-def _nvml_handle(pynvml: object, cuda_index: int) -> object:
+def _nvml_handle(nvml: Any, cuda_index: int) -> object:
     """NVML handle of a CUDA device, matched by UUID (CUDA and NVML order may differ)."""
-    import torch
-
-    nvml = pynvml
     try:
+        import torch
+
         uuid = str(torch.cuda.get_device_properties(cuda_index).uuid)
-        return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")  # type: ignore[attr-defined]
+        return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
     except Exception:
-        return nvml.nvmlDeviceGetHandleByIndex(cuda_index)  # type: ignore[attr-defined]
+        return nvml.nvmlDeviceGetHandleByIndex(cuda_index)

@@ -126,3 +126,20 @@ def test_cli_refuses_an_unavailable_device() -> None:
     assert result.returncode == 2
     assert "unknown device cuda:99" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_available_cpus_honours_a_cgroup_quota(tmp_path: Path) -> None:
+    import os
+
+    from predictor.config import available_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a 1.5-CPU limit
+    assert available_cpus(tmp_path) == min(affinity, 2)
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cpus(v1) == 1
