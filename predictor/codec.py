@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
 
-from predictor.errors import BadInput
+from predictor.errors import BadInput, TooLarge
 from predictor.postprocess import TopK
 
 #: An image as it travels to preprocessing: encoded bytes, or an FP32 ``(C, H, W)`` tensor.
@@ -35,6 +35,11 @@ ImagePayload = bytes | np.ndarray
 TIMEOUT_HEADER = "x-request-timeout-ms"
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
 OUTPUTS = ("labels", "scores", "class_ids")
+#: Largest accepted integer parameter (``top_k``, ``timeout_ms``) and tensor dimension.
+MAX_INT = 2**31 - 1
+#: Images one request may hold, checked before any per-image object is built (the model's
+#: queue capacity is the tighter, later check).
+MAX_IMAGES = 65536
 
 
 @dataclass
@@ -67,25 +72,30 @@ def protocol_of(payload: object) -> str:
     return "v1"
 
 
-def decode_request(payload: object, headers: Mapping[str, str] | None = None) -> ImageRequest:
+def decode_request(
+    payload: object, headers: Mapping[str, str] | None = None, max_images: int = MAX_IMAGES
+) -> ImageRequest:
     """Turn whatever KServe handed to ``preprocess`` into an :class:`ImageRequest`.
 
     Args:
         payload: ``bytes`` (v1 raw body), ``dict`` (v1 JSON) or ``InferRequest`` (v2, gRPC).
         headers: request headers (gRPC metadata for gRPC), lower-case keys.
+        max_images: requests holding more images are refused before they are split up.
 
     Returns:
         The decoded request.
 
     Raises:
-        BadInput: the payload is malformed; the message names the problem.
+        BadInput: the payload is malformed; the message names the problem (it never quotes
+            the payload).
+        TooLarge: the request holds more than ``max_images`` images.
     """
     if isinstance(payload, bytes | bytearray | memoryview):
         request = ImageRequest("v1", [bytes(payload)])
     elif isinstance(payload, dict):
-        request = _decode_v1(payload)
+        request = _decode_v1(payload, max_images)
     elif isinstance(payload, InferRequest):
-        request = _decode_v2(payload)
+        request = _decode_v2(payload, max_images)
     else:
         raise BadInput(f"unsupported request body ({type(payload).__name__})")
     if not request.images:
@@ -99,10 +109,11 @@ def decode_request(payload: object, headers: Mapping[str, str] | None = None) ->
     return request
 
 
-def _decode_v1(body: dict[str, Any]) -> ImageRequest:
+def _decode_v1(body: dict[str, Any], max_images: int) -> ImageRequest:
     instances = body.get("instances")
     if not isinstance(instances, list):
         raise BadInput('v1 JSON needs "instances": a list of {"image_bytes": {"b64": ...}}')
+    _check_count(len(instances), max_images)
     images: list[ImagePayload] = []
     for index, instance in enumerate(instances):
         item = instance
@@ -118,51 +129,87 @@ def _decode_v1(body: dict[str, Any]) -> ImageRequest:
     return request
 
 
-def _decode_v2(infer: InferRequest) -> ImageRequest:
+def _decode_v2(infer: InferRequest, max_images: int) -> ImageRequest:
     protocol = protocol_of(infer)
+    params = infer.parameters
+    if params is not None and not isinstance(params, Mapping):
+        raise BadInput('"parameters" must be an object')
+    if params is not None and not isinstance(params, dict):
+        params = to_http_parameters(params)
     if len(infer.inputs) != 1:
         raise BadInput(
             f"expected exactly one input (BYTES 'image' or FP32 'tensor'), got {len(infer.inputs)}"
         )
     tensor = infer.inputs[0]
-    name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
-    if datatype == "BYTES":
-        images = _v2_bytes(tensor, name, shape)
-    elif datatype == "FP32":
-        images = _v2_fp32(tensor, name, shape)
+    name = _shown(tensor.name)
+    datatype = tensor.datatype
+    if not (isinstance(datatype, str) and datatype.isalnum() and len(datatype) <= 16):
+        datatype = _shown(datatype)
+    shape = _shape(tensor.shape, name)
+    if tensor.datatype == "BYTES":
+        images = _v2_bytes(tensor, name, shape, max_images)
+    elif tensor.datatype == "FP32":
+        images = _v2_fp32(tensor, name, shape, max_images)
     else:
-        raise BadInput(
-            f"input {name!r} has datatype {datatype}; use BYTES (images) or FP32 (tensor)"
-        )
+        raise BadInput(f"input {name} has datatype {datatype}; use BYTES (images) or FP32 (tensor)")
+    request_id = infer.id
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadInput('"id" must be a string')
     request = ImageRequest(
         protocol,
         images,
-        request_id=infer.id or None,
+        request_id=request_id or None,
         binary_outputs=bool(infer.use_binary_outputs),
         requested_outputs=infer.request_outputs,
     )
-    params = infer.parameters
-    if params is not None and not isinstance(params, dict):
-        params = to_http_parameters(params)
     _apply_parameters(request, params)
     return request
 
 
-def _v2_bytes(tensor: Any, name: str, shape: list[int]) -> list[ImagePayload]:
+def _shown(value: object) -> str:
+    """A client-supplied name as it may appear in a message: quoted, one line, at most 32."""
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    return repr(value[:32] + ("..." if len(value) > 32 else ""))
+
+
+def _shape(raw: object, name: str) -> list[int]:
+    """The tensor shape as a list of ints in ``0..MAX_INT``; anything else is bad input."""
+    if isinstance(raw, str | bytes | Mapping) or not isinstance(raw, Sequence | np.ndarray):
+        raw = None
+    dims = list(raw) if raw is not None else None
+    if dims is None or len(dims) > 8 or not all(_is_dim(d) for d in dims):
+        raise BadInput(f"input {name} needs a shape: a list of at most 8 non-negative integers")
+    return [int(d) for d in dims]
+
+
+def _is_dim(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        return False
+    return 0 <= int(value) <= MAX_INT
+
+
+def _check_count(count: int, max_images: int) -> None:
+    if count > max_images:
+        raise TooLarge(f"request holds {count} images; the limit is {max_images}")
+
+
+def _v2_bytes(tensor: Any, name: str, shape: list[int], max_images: int) -> list[ImagePayload]:
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-        raise BadInput(f"BYTES input {name!r} must have shape [N] (or [N, 1]), got {shape}")
+        raise BadInput(f"BYTES input {name} must have shape [N] (or [N, 1]), got {shape}")
+    _check_count(shape[0], max_images)
     try:
         if tensor._raw_data is not None:
-            values = tensor.as_numpy().reshape(-1).tolist()
+            values: list[Any] = _split_raw_bytes(tensor._raw_data, shape[0])
         else:
             values = _flat(tensor.data)
-    except Exception as exc:  # untrusted framing (struct, reshape, types): all bad input
-        raise BadInput(f"BYTES input {name!r} is malformed ({type(exc).__name__})") from None
+    except (TypeError, ValueError):
+        raise BadInput(f"BYTES input {name} is malformed") from None
     if len(values) != shape[0]:
-        raise BadInput(f"BYTES input {name!r} has {len(values)} elements but shape says {shape[0]}")
+        raise BadInput(f"BYTES input {name} has {len(values)} elements but shape says {shape[0]}")
     images: list[ImagePayload] = []
     for index, value in enumerate(values):
-        where = f"input {name!r} element {index}"
+        where = f"input {name} element {index}"
         if isinstance(value, bytes | bytearray):
             images.append(bytes(value))
         elif isinstance(value, str):
@@ -172,20 +219,51 @@ def _v2_bytes(tensor: Any, name: str, shape: list[int]) -> list[ImagePayload]:
     return images
 
 
-def _v2_fp32(tensor: Any, name: str, shape: list[int]) -> list[ImagePayload]:
+def _split_raw_bytes(raw: object, expected: int) -> list[Any]:
+    """Split a raw BYTES tensor (4-byte little-endian length, then the bytes, repeated).
+
+    Stops after one element more than ``expected``, so a framing of millions of empty
+    elements never turns into millions of objects.
+    """
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise TypeError("raw contents must be bytes")
+    view = memoryview(raw).cast("B")
+    values: list[Any] = []
+    offset = 0
+    while offset < len(view) and len(values) <= expected:
+        if offset + 4 > len(view):
+            raise ValueError("truncated element length")
+        length = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + length > len(view):
+            raise ValueError("element longer than the tensor")
+        values.append(bytes(view[offset : offset + length]))
+        offset += length
+    return values
+
+
+def _v2_fp32(tensor: Any, name: str, shape: list[int], max_images: int) -> list[ImagePayload]:
     if len(shape) == 3:
         shape = [1, *shape]
     if len(shape) != 4 or min(shape) < 1:
-        raise BadInput(f"FP32 input {name!r} must have shape [N, C, H, W], got {shape}")
+        raise BadInput(f"FP32 input {name} must have shape [N, C, H, W], got {shape}")
+    _check_count(shape[0], max_images)
+    count = math.prod(shape)
     try:
         if tensor._raw_data is not None:
-            array = np.frombuffer(tensor._raw_data, dtype="<f4")
+            raw = tensor._raw_data
+            if not isinstance(raw, bytes | bytearray | memoryview):
+                raise TypeError("raw contents must be bytes")
+            array = np.frombuffer(raw, dtype="<f4")
         else:
-            array = np.asarray(_flat(tensor.data), dtype=np.float32)
+            values = _flat(tensor.data)
+            if len(values) != count:
+                raise ValueError("element count does not match the shape")
+            array = np.asarray(values, dtype=np.float32)
         array = array.reshape(shape)
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadInput(
-            f"FP32 input {name!r} does not hold {math.prod(shape)} numbers for shape {shape} "
+            f"FP32 input {name} does not hold {count} numbers for shape {shape} "
             f"({type(exc).__name__})"
         ) from None
     return list(array)
@@ -232,14 +310,16 @@ def _apply_parameters(request: ImageRequest, params: Any) -> None:
 
 
 def _positive_int(value: object, where: str) -> int:
-    if isinstance(value, bool):
-        raise BadInput(f"{where} must be a positive integer")
-    try:
-        number = int(value) if isinstance(value, int | str) else None
-    except ValueError:
-        number = None
-    if number is None or number < 1:
-        raise BadInput(f"{where} must be a positive integer, got {str(value)[:40]!r}")
+    """An integer in ``1..MAX_INT`` from an int or decimal text; the value is never quoted."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and len(value) <= 32:
+        text = value.strip()
+        if text.isascii() and text.isdigit():
+            number = int(text)
+    if number is None or not 1 <= number <= MAX_INT:
+        raise BadInput(f"{where} must be an integer from 1 to {MAX_INT}")
     return number
 
 

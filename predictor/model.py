@@ -21,7 +21,7 @@ import numpy as np
 
 from predictor import codec
 from predictor.batcher import DynamicBatcher, Reservation
-from predictor.errors import DeadlineExceeded, Draining, NotReady, PredictorError, TooLarge
+from predictor.errors import DeadlineExceeded, Draining, NotReady, PredictorError
 from predictor.model_store import ModelSpec
 from predictor.postprocess import top_k
 from predictor.preprocess import check_tensor, decode_image
@@ -149,12 +149,8 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         started = loop.time()
         batcher = self._admitting()
-        request = codec.decode_request(payload, headers)
+        request = codec.decode_request(payload, headers, max_images=batcher.capacity)
         count = len(request.images)
-        if count > batcher.capacity:
-            raise TooLarge(
-                f"request holds {count} images; this server takes at most {batcher.capacity}"
-            )
         timeout_ms = request.timeout_ms or math.inf
         deadline = started + min(timeout_ms / 1000.0, self._timeout_s)
         reservation = batcher.reserve(count)

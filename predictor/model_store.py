@@ -14,13 +14,16 @@ A model directory holds ``model.json`` (the manifest) and the files it names::
     }
 
 Files named by a manifest must stay inside the model directory; weights load only through
-``torch.load(weights_only=True)``, safetensors, or ``torch.export.load``: never plain pickle.
+``torch.load(weights_only=True)``, safetensors, or ``torch.export.load`` with every
+unpickling inside it forced through the weights-only unpickler: never plain pickle.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,8 +218,8 @@ def _parse(directory: Path, name: str, raw: dict[str, Any]) -> ModelSpec:
         top_k=min(top_k, len(labels)),
         arch=arch,
         arch_kwargs=dict(raw.get("arch_kwargs", {})),
-        weights=safe_path(directory, weights, "weights") if weights else None,
-        program=safe_path(directory, program, "program") if program else None,
+        weights=safe_path(directory, weights, "weights") if weights is not None else None,
+        program=safe_path(directory, program, "program") if program is not None else None,
     )
 
 
@@ -235,7 +238,7 @@ def safe_path(directory: Path, relative: object, what: str) -> Path:
         ModelStoreError: the path is absolute, escapes the directory (also through a
             symbolic link), or does not exist.
     """
-    if not isinstance(relative, str) or not relative:
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
         raise ModelStoreError(f"{what} must be a relative file path")
     candidate = Path(relative)
     root = directory.resolve()
@@ -265,12 +268,10 @@ def load_module(spec: ModelSpec) -> nn.Module:
 
     try:
         if spec.program is not None:
-            program = torch.export.load(str(spec.program))
-            module: nn.Module = program.module()
-            return module
+            return _load_program(spec.program)
         assert spec.arch is not None
         assert spec.weights is not None
-        module = archs.build(spec.arch, **spec.arch_kwargs)
+        module: nn.Module = archs.build(spec.arch, **spec.arch_kwargs)
         if spec.weights.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -283,3 +284,37 @@ def load_module(spec: ModelSpec) -> nn.Module:
         raise
     except Exception as exc:  # any loader failure becomes a clear, named error
         raise ModelStoreError(f"model {spec.name}: cannot load weights ({exc})") from exc
+
+
+#: Makes every ``torch.load`` weights-only, whatever its caller asked for.
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
+def _load_program(path: Path) -> nn.Module:
+    """``torch.export.load`` without its pickle paths.
+
+    ``torch.export.load`` unpickles archive members with ``torch.load(weights_only=False)``
+    (tensors marked ``use_pickle``, and as a fallback for the legacy format) and with plain
+    ``pickle.loads`` (opaque-object constants): a crafted ``.pt2`` runs code on load. Here
+    archives holding custom or opaque objects are refused, and every ``torch.load`` inside
+    is forced to the weights-only unpickler, so a pickle payload fails to load instead.
+    """
+    import torch
+
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any("opaque_obj_" in name or "custom_obj_" in name for name in names):
+        raise ModelStoreError(
+            f"program {path.name}: archives holding custom or opaque Python objects are not "
+            "loaded (they unpickle arbitrary code)"
+        )
+    previous = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        module: nn.Module = torch.export.load(str(path)).module()
+    finally:
+        if previous is None:
+            del os.environ[_FORCE_WEIGHTS_ONLY]
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = previous
+    return module

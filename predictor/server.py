@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from grpc import aio
@@ -35,7 +36,8 @@ from starlette.responses import JSONResponse, Response
 
 from predictor import __version__
 from predictor.batcher import DynamicBatcher, Worker
-from predictor.config import Settings
+from predictor.config import Settings, available_cpus
+from predictor.dataplane import HardenedDataPlane
 from predictor.engine import Engine, resolve_devices
 from predictor.grpc_edge import GrpcEdge
 from predictor.http_edge import HttpEdge, install_error_handlers
@@ -189,7 +191,7 @@ async def _run(settings: Settings, state: ServingState) -> int:
     repository = ModelRepository(models_dir=str(settings.model_dir))
     for model in models.values():
         repository.update(model)
-    dataplane = DataPlane(model_registry=repository)
+    dataplane = HardenedDataPlane(model_registry=repository)
     extension = ModelRepositoryExtension(model_registry=repository)
     app = build_app(state, dataplane, extension)
 
@@ -289,6 +291,9 @@ def serve(settings: Settings) -> int:
     """
     # KServe's routes use FastAPI's ORJSONResponse, deprecated upstream; not actionable here.
     warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
+    if "OMP_NUM_THREADS" not in os.environ:
+        # torch sizes its CPU thread pool to the node's cores, not the pod's CPU limit.
+        torch.set_num_threads(available_cpus())
     state = ServingState(models={}, metrics=Metrics(settings), auth_token=settings.auth_token())
     decode_pool = ThreadPoolExecutor(settings.effective_decode_workers, thread_name_prefix="decode")
     models = build_models(settings, state, decode_pool)
