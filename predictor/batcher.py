@@ -5,8 +5,10 @@ room for their images (a full queue refuses at once with 503), then
 :meth:`~DynamicBatcher.submit` each image and await its future. A collector task forms a
 batch whenever a device worker is free: the batch closes when it holds ``max_batch_size``
 items or when ``max_batch_delay`` has passed since its oldest item arrived, whichever comes
-first. Waiting is on an event and a timer, never a polling loop. Each worker runs its
-batches on its own thread, so the next batch collects while the current one computes.
+first, or at once when no further image is on its way (none reserved and still decoding):
+a lone request never waits for a window that nothing else will fill. Waiting is on an event
+and a timer, never a polling loop. Each worker runs its batches on its own thread, so the
+next batch collects while the current one computes.
 
 Every item ends in exactly one outcome (result, error, expiry or cancellation), set through
 "if not done" guards; cancelled items are skipped, expired ones answered 504 without running.
@@ -217,6 +219,8 @@ class DynamicBatcher:
 
     def _release(self, count: int) -> None:
         self._reserved -= count
+        if self._reserved == 0 and self._wake is not None:
+            self._wake.set()  # nothing more on its way: the collector may close the batch
         self._check_settled()
 
     def submit(
@@ -247,7 +251,7 @@ class DynamicBatcher:
         item.future.add_done_callback(lambda _future: self._on_item_done(item))
         self._queue.append(item)
         self._live += 1
-        if self._live == 1 or self._live >= self.max_batch_size:
+        if self._live == 1 or self._live >= self.max_batch_size or self._reserved == 0:
             self._wake.set()
         return item.future
 
@@ -274,7 +278,8 @@ class DynamicBatcher:
                     await self._wake.wait()
                     continue
                 close_at = self._queue[0].enqueued + self.max_batch_delay_s
-                if self._live >= self.max_batch_size or loop.time() >= close_at:
+                full = self._live >= self.max_batch_size
+                if full or self._reserved == 0 or loop.time() >= close_at:
                     break
                 self._wake.clear()
                 timer = loop.call_at(close_at, self._wake.set)

@@ -115,3 +115,27 @@ class InferenceFailed(PredictorError):
     status = 500
     grpc_code = grpc.StatusCode.INTERNAL
     reason = "engine_error"
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """The first line of ``text``, at most ``limit`` characters."""
+    stripped = text.strip()
+    return stripped.splitlines()[0][:limit] if stripped else "invalid request"
+
+
+def translate(exc: BaseException) -> PredictorError | None:
+    """The project's error for an exception: KServe's own errors map to their statuses.
+
+    Returns None for anything unexpected (the caller answers a generic 500 and logs it).
+    """
+    if isinstance(exc, PredictorError):
+        return exc
+    from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+
+    if isinstance(exc, InvalidInput):
+        return BadInput(one_line(str(exc)))
+    if isinstance(exc, ModelNotFound):
+        return UnknownModel(one_line(str(exc)))
+    if isinstance(exc, ModelNotReady):
+        return NotReady(one_line(str(exc)))
+    return None

@@ -15,17 +15,8 @@ from typing import Any, NoReturn
 import grpc
 from grpc import aio
 from grpc_interceptor.server import AsyncServerInterceptor
-from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 
-from predictor.errors import (
-    BadInput,
-    Cancelled,
-    Draining,
-    NotReady,
-    PredictorError,
-    Unauthorized,
-    UnknownModel,
-)
+from predictor.errors import Cancelled, Draining, PredictorError, Unauthorized, translate
 from predictor.state import ServingState
 
 log = logging.getLogger(__name__)
@@ -34,19 +25,6 @@ _SERVICE = "/inference.GRPCInferenceService/"
 INFER = _SERVICE + "ModelInfer"
 #: Health and readiness stay open when auth is on (probes carry no token).
 OPEN_METHODS = frozenset(_SERVICE + m for m in ("ServerLive", "ServerReady", "ModelReady"))
-
-
-def translate(exc: BaseException) -> PredictorError | None:
-    """Map an exception to the project's error class; None for unexpected ones."""
-    if isinstance(exc, PredictorError):
-        return exc
-    if isinstance(exc, InvalidInput):
-        return BadInput(str(exc).splitlines()[0][:300] if str(exc) else "invalid input")
-    if isinstance(exc, ModelNotFound):
-        return UnknownModel(str(exc))
-    if isinstance(exc, ModelNotReady):
-        return NotReady(str(exc))
-    return None
 
 
 class GrpcEdge(AsyncServerInterceptor):

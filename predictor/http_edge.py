@@ -1,37 +1,39 @@
-"""The HTTP edge: an ASGI layer around KServe's FastAPI app, and its error translation.
+"""The HTTP edge: an ASGI layer in front of KServe's FastAPI app.
 
-For inference routes (``/v1/models/<m>:predict``, ``/v2/models/<m>/infer``) it refuses work
-while draining (503 + Retry-After), refuses bodies over ``--max-body-bytes`` from their
-``Content-Length`` before reading them (413), checks the bearer token when auth is on
-(401; probes and ``/metrics`` stay open), cancels the request when the client disconnects,
-and counts every answer in ``predictor_requests_total`` / ``predictor_rejected_total``.
-Error classes become JSON ``{"error": "<one line>"}`` here and nowhere else.
+For the inference routes (``/v1/models/<m>:predict``, ``/v2/models/<m>/infer``) it refuses
+work while draining (503 + Retry-After), refuses bodies over ``--max-body-bytes`` from their
+``Content-Length`` before reading them (413), checks the bearer token when auth is on (401),
+answers through KServe's data plane (:mod:`predictor.http_infer`), cancels the request when
+the client disconnects, and counts every answer in ``predictor_requests_total`` and
+``predictor_rejected_total``. Other routes go to FastAPI behind the same token check
+(probes and ``/metrics`` stay open). Errors become JSON ``{"error": "<one line>"}`` here and
+in the FastAPI exception handlers below, nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from kserve.protocol.dataplane import DataPlane
 from starlette.responses import JSONResponse, Response
 
+from predictor import http_infer
 from predictor.errors import (
     BadInput,
     Draining,
     PredictorError,
     TooLarge,
     Unauthorized,
-    UnknownModel,
+    one_line,
+    translate,
 )
 from predictor.state import ServingState
 
@@ -42,34 +44,19 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Handler = Callable[[DataPlane, str, bytes, dict[str, str]], Coroutine[Any, Any, http_infer.Answer]]
 
 _V1_INFER = re.compile(r"^/v1/models/([^/:]+):predict$")
 _V2_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
 _OPEN = re.compile(
-    r"^(/|/metrics|/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?/ready|/v1/models/[^/:]+)$"
+    r"^(/|/metrics|/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?/ready"
+    r"|/v1/models/[^/:]+)$"
 )
-REASON_KEY = "predictor_reject_reason"
 CLIENT_CLOSED = 499  # nginx's code for "client closed request", used in metrics only
 
 
 class _ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
-
-
-@dataclass(frozen=True)
-class _Route:
-    protocol: str
-    model: str
-
-
-def _infer_route(path: str) -> _Route | None:
-    match = _V1_INFER.match(path)
-    if match:
-        return _Route("v1", match.group(1))
-    match = _V2_INFER.match(path)
-    if match:
-        return _Route("v2", match.group(1))
-    return None
+    """The client disconnected before its answer was ready."""
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -79,18 +66,38 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def error_answer(error: PredictorError) -> http_infer.Answer:
+    """The JSON answer for an error, with ``Retry-After`` / ``WWW-Authenticate`` as due."""
+    headers = [(b"content-type", b"application/json")]
+    if error.retry_after_s is not None:
+        headers.append((b"retry-after", str(error.retry_after_s).encode()))
+    if error.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    return http_infer.Answer(error.status, headers, orjson.dumps({"error": error.message}))
+
+
+async def _send(send: Send, answer: http_infer.Answer) -> None:
+    headers = [*answer.headers, (b"content-length", str(len(answer.body)).encode())]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
 class HttpEdge:
-    """ASGI middleware enforcing limits, auth, drain and request accounting.
+    """ASGI middleware enforcing limits, auth and drain, and serving the inference routes.
 
     Args:
-        app: KServe's FastAPI application.
+        app: KServe's FastAPI application (every route but inference).
         state: the shared serving state.
+        dataplane: KServe's data plane, which the inference routes call.
         max_body_bytes: larger bodies are refused with 413.
     """
 
-    def __init__(self, app: ASGIApp, state: ServingState, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, state: ServingState, dataplane: DataPlane, max_body_bytes: int
+    ) -> None:
         self.app = app
         self.state = state
+        self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,35 +105,51 @@ class HttpEdge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = _infer_route(scope["path"])
-        if route is None:
-            if not _OPEN.match(scope["path"]) and not self.state.authorized(
-                _header(scope, b"authorization")
-            ):
-                await _reply(send, Unauthorized("missing or invalid bearer token"))
+        path = scope["path"]
+        if scope["method"] == "POST":
+            match = _V1_INFER.match(path)
+            if match:
+                await self._infer("v1", match.group(1), http_infer.v1_predict, scope, receive, send)
                 return
-            await self.app(scope, receive, send)
+            match = _V2_INFER.match(path)
+            if match:
+                await self._infer("v2", match.group(1), http_infer.v2_infer, scope, receive, send)
+                return
+        if not _OPEN.match(path) and not self.state.authorized(_header(scope, b"authorization")):
+            await _send(send, error_answer(Unauthorized("missing or invalid bearer token")))
             return
-        await self._infer(route, scope, receive, send)
+        await self.app(scope, receive, send)
 
-    async def _infer(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> None:
-        model = self.state.model_label(route.model)
+    async def _infer(
+        self,
+        protocol: str,
+        model_name: str,
+        handler: Handler,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        model = self.state.model_label(model_name)
         started = time.perf_counter()
-        status: list[int] = [500]
-        reason: str | None = None
+        status, reason = 500, "internal"
         self.state.enter(model)
         try:
-            reason = await self._guarded(route, scope, receive, send, status)
+            answer, reason = await self._answer(model_name, handler, scope, receive, protocol)
+            status = answer.status
+            await _send(send, answer)
+        except _ClientGone:
+            status, reason = CLIENT_CLOSED, "cancelled"
         finally:
             self.state.leave(model)
             metrics = self.state.metrics
-            metrics.observe_request(model, route.protocol, status[0], time.perf_counter() - started)
-            if reason is not None:
+            metrics.observe_request(model, protocol, status, time.perf_counter() - started)
+            if reason:
                 metrics.observe_rejection(model, reason)
 
-    async def _guarded(
-        self, route: _Route, scope: Scope, receive: Receive, send: Send, status: list[int]
-    ) -> str | None:
+    async def _answer(
+        self, model_name: str, handler: Handler, scope: Scope, receive: Receive, protocol: str
+    ) -> tuple[http_infer.Answer, str]:
+        """The answer and, for a failure, its metric reason ("" on success)."""
         try:
             if not self.state.authorized(_header(scope, b"authorization")):
                 raise Unauthorized("missing or invalid bearer token")
@@ -138,20 +161,25 @@ class HttpEdge:
                     f"body of {int(length)} bytes exceeds the limit of {self.max_body_bytes}"
                 )
             body = await self._read_body(receive)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            if protocol == "v1" and headers.get("content-type") == "application/octet-stream":
+                headers["content-type"] = "application/x-image"  # a raw image, not JSON
+            work = handler(self.dataplane, model_name, body, headers)
+            return await _cancel_on_disconnect(work, receive), ""
         except _ClientGone:
-            status[0] = CLIENT_CLOSED
-            return "cancelled"
-        except PredictorError as exc:
-            status[0] = exc.status
-            await _reply(send, exc)
-            return exc.reason
-        if route.protocol == "v1" and _header(scope, b"content-type") == "application/octet-stream":
-            scope["headers"] = [
-                (k, b"application/x-image" if k == b"content-type" else v)
-                for k, v in scope["headers"]
-            ]
-        scope.setdefault("state", {})
-        return await self._run_app(scope, body, receive, send, status)
+            raise
+        except Exception as exc:
+            error = translate(exc)
+            if error is not None:
+                return error_answer(error), error.reason
+            request_id = _header(scope, b"x-request-id") or "-"
+            log.error(
+                "unhandled error on %s (request id %s)", scope["path"], request_id, exc_info=exc
+            )
+            body = orjson.dumps({"error": f"internal server error; request id {request_id}"})
+            return http_infer.Answer(
+                500, [(b"content-type", b"application/json")], body
+            ), "internal"
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -166,120 +194,74 @@ class HttpEdge:
                 raise TooLarge(f"body exceeds the limit of {self.max_body_bytes} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _run_app(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send, status: list[int]
-    ) -> str | None:
-        disconnected = asyncio.Event()
-        replayed = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await disconnected.wait()
-            return {"type": "http.disconnect"}
+async def _cancel_on_disconnect(
+    work: Coroutine[Any, Any, http_infer.Answer], receive: Receive
+) -> http_infer.Answer:
+    """Run ``work`` in this task; cancel it if the client disconnects meanwhile.
 
-        async def send_and_record(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
+    After the body, the next ASGI message can only be ``http.disconnect``; a watcher task
+    waits for it and cancels this task, so the request's queued images are skipped.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
 
-        app_task = asyncio.ensure_future(self.app(scope, replay, send_and_record))
-        watcher = asyncio.ensure_future(receive())
-        try:
-            await asyncio.wait({app_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            app_task.cancel()
-            watcher.cancel()
-            raise
-        if not app_task.done():
-            # The client went away: cancel its work; its queued images are skipped.
-            disconnected.set()
-            app_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await app_task
-            status[0] = CLIENT_CLOSED
-            return "cancelled"
+    async def watch() -> None:
+        nonlocal gone
+        if (await receive())["type"] == "http.disconnect":
+            gone = True
+            task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            task.uncancel()
+            raise _ClientGone from None
+        raise
+    finally:
         watcher.cancel()
-        # Starlette re-raises after its 500 handler answered; the handler logged it.
-        with contextlib.suppress(Exception):
-            app_task.result()
-        reason = scope["state"].get(REASON_KEY)
-        return reason if isinstance(reason, str) else None
 
 
-async def _reply(send: Send, error: PredictorError) -> None:
-    body = orjson.dumps({"error": error.message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if error.retry_after_s is not None:
-        headers.append((b"retry-after", str(error.retry_after_s).encode()))
-    if error.status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-# -- error translation: exception handlers on the FastAPI app ---------------------------------
-
-
-def error_response(request: Request, error: PredictorError) -> Response:
-    """The JSON answer for an error; remembers its reason for the edge's metrics."""
-    request.state.__setattr__(REASON_KEY, error.reason)
-    headers = {}
-    if error.retry_after_s is not None:
-        headers["Retry-After"] = str(error.retry_after_s)
-    return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+# -- FastAPI exception handlers (every route but inference) ------------------------------------
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error to its status with a one-line body; never a traceback."""
 
-    async def predictor_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, PredictorError)
-        if exc.status >= 500 and not isinstance(exc, (Draining,)):
-            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-        return error_response(request, exc)
+    def respond(error: PredictorError) -> Response:
+        headers = {} if error.retry_after_s is None else {"Retry-After": str(error.retry_after_s)}
+        return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
 
-    async def invalid_input(request: Request, exc: Exception) -> Response:
-        return error_response(request, BadInput(_one_line(str(exc))))
+    async def known(request: Request, exc: Exception) -> Response:
+        error = translate(exc)
+        assert error is not None
+        if error.status >= 500 and not isinstance(error, Draining):
+            log.warning("%s %s: %s", request.method, request.url.path, error.message)
+        return respond(error)
 
     async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        errors = exc.errors()
-        first = errors[0] if errors else {}
+        first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         detail = first.get("msg", "invalid request body")
-        return error_response(request, BadInput(_one_line(f"malformed request: {where} {detail}")))
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return error_response(request, UnknownModel(_one_line(str(exc))))
-
-    async def not_ready(request: Request, exc: Exception) -> Response:
-        from predictor.errors import NotReady
-
-        return error_response(request, NotReady(_one_line(str(exc))))
+        return respond(BadInput(one_line(f"malformed request: {where} {detail}")))
 
     async def internal(request: Request, exc: Exception) -> Response:
         request_id = request.headers.get("x-request-id", "-")
         log.error(
             "unhandled error on %s (request id %s)", request.url.path, request_id, exc_info=exc
         )
-        request.state.__setattr__(REASON_KEY, "internal")
-        return JSONResponse(
-            {"error": f"internal server error; request id {request_id}"}, status_code=500
-        )
+        body = {"error": f"internal server error; request id {request_id}"}
+        return JSONResponse(body, status_code=500)
 
-    app.add_exception_handler(PredictorError, predictor_error)
-    app.add_exception_handler(InvalidInput, invalid_input)
+    from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+
+    for kind in (PredictorError, InvalidInput, ModelNotFound, ModelNotReady):
+        app.add_exception_handler(kind, known)
     app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(ModelNotFound, not_found)
-    app.add_exception_handler(ModelNotReady, not_ready)
     app.add_exception_handler(Exception, internal)
-
-
-def _one_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "invalid request"
-    return line[:300]

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from predictor import codec
 from predictor.batcher import DynamicBatcher, Reservation
+from predictor.decode_pool import DecodePool
 from predictor.errors import DeadlineExceeded, Draining, NotReady, PredictorError
 from predictor.model_store import ModelSpec
 from predictor.postprocess import top_k
@@ -64,7 +64,7 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         self,
         spec: ModelSpec,
         build_batcher: Callable[[], DynamicBatcher],
-        decode_pool: Executor,
+        decode_pool: DecodePool,
         max_image_pixels: int,
         request_timeout_s: float,
         max_consecutive_failures: int,
@@ -155,10 +155,7 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         deadline = started + min(timeout_ms / 1000.0, self._timeout_s)
         reservation = batcher.reserve(count)
         try:
-            jobs = [
-                loop.run_in_executor(self._decode_pool, self._prepare_one, image)
-                for image in request.images
-            ]
+            jobs = [self._decode_pool.run(self._prepare_one, image) for image in request.images]
             outcomes = await asyncio.gather(*jobs, return_exceptions=True)
             for index, outcome in enumerate(outcomes):
                 if isinstance(outcome, PredictorError) and count > 1:

@@ -36,8 +36,14 @@ def top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> TopK:
     Returns:
         The top-k classes.
     """
-    k = max(1, min(k, probabilities.shape[0]))
-    order = np.lexsort((np.arange(probabilities.shape[0]), -probabilities))[:k]
-    ids = order.astype(np.int64)
+    classes = probabilities.shape[0]
+    k = max(1, min(k, classes))
+    if k < classes:  # O(classes): keep everything tied with the k-th largest, sort only that
+        kth = np.partition(probabilities, classes - k)[classes - k]
+        candidates = np.flatnonzero(probabilities >= kth)
+    else:
+        candidates = np.arange(classes)
+    order = np.lexsort((candidates, -probabilities[candidates]))[:k]
+    ids = candidates[order].astype(np.int64)
     names = tuple(labels[i] if i < len(labels) else str(i) for i in ids.tolist())
     return TopK(names, probabilities[ids].astype(np.float32), ids)

@@ -17,8 +17,9 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 import uvicorn
@@ -38,6 +39,7 @@ from predictor import __version__
 from predictor.batcher import DynamicBatcher, Worker
 from predictor.config import Settings, available_cpus
 from predictor.dataplane import HardenedDataPlane
+from predictor.decode_pool import DecodePool
 from predictor.engine import Engine, resolve_devices
 from predictor.grpc_edge import GrpcEdge
 from predictor.http_edge import HttpEdge, install_error_handlers
@@ -50,7 +52,7 @@ log = logging.getLogger("predictor")
 
 
 def build_models(
-    settings: Settings, state: ServingState, decode_pool: ThreadPoolExecutor
+    settings: Settings, state: ServingState, decode_pool: DecodePool
 ) -> dict[str, ImageModel]:
     """Discover, load, place on devices and warm up every model.
 
@@ -197,7 +199,7 @@ async def _run(settings: Settings, state: ServingState) -> int:
 
     http = _UvicornServer(
         uvicorn.Config(
-            HttpEdge(app, state, settings.max_body_bytes),
+            HttpEdge(app, state, dataplane, settings.max_body_bytes),
             host=settings.host,
             port=settings.http_port,
             log_config=None,
@@ -295,7 +297,7 @@ def serve(settings: Settings) -> int:
         # torch sizes its CPU thread pool to the node's cores, not the pod's CPU limit.
         torch.set_num_threads(available_cpus())
     state = ServingState(models={}, metrics=Metrics(settings), auth_token=settings.auth_token())
-    decode_pool = ThreadPoolExecutor(settings.effective_decode_workers, thread_name_prefix="decode")
+    decode_pool = DecodePool(settings.effective_decode_workers)
     models = build_models(settings, state, decode_pool)
     state.models = models
     cuda = sorted({d for m in models.values() for d in m.devices() if d.startswith("cuda")})
@@ -309,6 +311,16 @@ def serve(settings: Settings) -> int:
         settings.grpc_port if settings.enable_grpc else "off",
     )
     try:
-        return asyncio.run(_run(settings, state))
+        return _event_loop_run(_run(settings, state))
     finally:
-        decode_pool.shutdown(wait=False, cancel_futures=True)
+        decode_pool.shutdown()
+
+
+def _event_loop_run(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (uvicorn[standard] brings it), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with kserve's uvicorn[standard]
+        return asyncio.run(main)
+    result: int = uvloop.run(main)
+    return result

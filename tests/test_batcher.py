@@ -91,10 +91,34 @@ def test_partial_batch_closes_when_the_first_items_delay_passes() -> None:
         batcher = make([runner], max_batch=8, delay_s=delay)
         loop = asyncio.get_running_loop()
         start = loop.time()
+        decoding = batcher.reserve(1)  # an image still on its way keeps the window open
         futures = submit_all(batcher, [1, 2, 3])
         assert await asyncio.gather(*futures) == [10, 20, 30]
         assert loop.time() - start >= delay * 0.99  # not dispatched before the window closed
         assert runner.batches == [[1, 2, 3]]
+        decoding.release()
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_batch_closes_at_once_when_nothing_else_is_on_its_way() -> None:
+    async def scenario() -> None:
+        runner = GatedRunner()
+        batcher = make([runner], max_batch=8, delay_s=1000.0)
+        decoding = batcher.reserve(1)
+        first = submit_all(batcher, [1, 2])
+        await asyncio.sleep(0)
+        assert runner.batches == []  # an image is still decoding: the window stays open
+        late = batcher.submit(3, FAR, decoding)  # the last one arrives
+        assert await asyncio.gather(*first, late) == [10, 20, 30]
+        assert runner.batches == [[1, 2, 3]]
+        lone = submit_all(batcher, [4])  # a lone request does not wait for the window
+        assert await lone[0] == 40
+        abandoned = batcher.reserve(1)
+        pending = submit_all(batcher, [5])
+        abandoned.release()  # a decode failed: nothing else is coming, close the batch
+        assert await pending[0] == 50
         await batcher.stop()
 
     run(scenario())

@@ -29,3 +29,12 @@ def test_k_is_clipped_to_the_number_of_classes() -> None:
 def test_classes_without_a_label_are_named_by_number() -> None:
     result = top_k(np.array([0.1, 0.2, 0.7], np.float32), ["a"], 2)
     assert result.labels == ("2", "1")
+
+
+def test_matches_a_full_sort_on_many_classes_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        probs = rng.choice([0.1, 0.2, 0.3, 0.4], size=1000).astype(np.float32)  # many ties
+        k = int(rng.integers(1, 20))
+        expected = sorted(range(1000), key=lambda i: (-probs[i], i))[:k]
+        assert top_k(probs, [str(i) for i in range(1000)], k).class_ids.tolist() == expected
