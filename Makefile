@@ -8,7 +8,7 @@ TOOLS  := .tools
 UV     := $(TOOLS)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 
-.PHONY: serve test lint typecheck pytest sync prometheus clean help
+.PHONY: serve test lint typecheck pytest sync prometheus bench clean help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -40,6 +40,11 @@ $(TOOLS)/prometheus/bin/promtool:
 	scripts/install-prometheus.sh $(TOOLS)/prometheus
 
 test: lint typecheck pytest
+
+# Benchmarks against the limit and peers (writes docs/benchmarks.md and docs/img/):
+# ~40 min on 2 CPU cores; `make bench ARGS=--quick` takes under 5 min.
+bench: sync
+	$(UV) run --frozen --group peers load-tests/bench.py $(ARGS)
 
 clean:
 	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
