@@ -126,6 +126,8 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.batches_run = 0
         self.items_run = 0
+        #: Images/s by batch size, measured during :meth:`warmup`.
+        self.throughput: dict[int, float] = {}
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None  # type: ignore[no-untyped-call]
         module = copy.deepcopy(module)
@@ -217,7 +219,10 @@ class Engine:
         return self._host_out[:batch]
 
     def warmup(self, sizes: Sequence[int] | None = None) -> float:
-        """Run every batch size once (cuDNN autotuning, allocator, lazy init).
+        """Run every batch size twice: to warm up, then timed.
+
+        The first run pays for cuDNN autotuning, allocator growth and lazy initialisation;
+        the second fills :attr:`throughput`.
 
         Args:
             sizes: batch sizes; by default :func:`warmup_sizes`.
@@ -230,6 +235,21 @@ class Engine:
         for size in sizes or warmup_sizes(self.max_batch_size, self.name):
             blank = [np.zeros((height, width, self.spec.channels), np.uint8)] * size
             self.infer(blank)
+            timed = time.perf_counter()
+            self.infer(blank)
+            self.throughput[size] = size / max(time.perf_counter() - timed, 1e-9)
         self.batches_run = 0
         self.items_run = 0
         return time.perf_counter() - start
+
+    def best_batch_size(self, tolerance: float = 0.03) -> int:
+        """The smallest warmed-up batch size within ``tolerance`` of the best images/s.
+
+        On a GPU that is the knee of the curve (bigger batches add latency, not throughput);
+        on a CPU, large batches are often slower per image than moderate ones (caches), so
+        batching up to the maximum would lose throughput. ``max_batch_size`` before warm-up.
+        """
+        if not self.throughput:
+            return self.max_batch_size
+        best = max(self.throughput.values())
+        return min(size for size, rate in self.throughput.items() if rate >= (1 - tolerance) * best)

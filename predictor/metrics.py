@@ -179,16 +179,24 @@ class Metrics:
         self.inflight.labels(model=model).set_function(inflight)
         self.engine_failures.labels(model=model).set_function(failures)
 
-    def describe_model(self, model: str, arch: str, dtype: str, devices: Iterable[str]) -> None:
+    def describe_model(
+        self,
+        model: str,
+        arch: str,
+        dtype: str,
+        devices: Iterable[str],
+        max_batch_size: int | None = None,
+    ) -> None:
         """Publish a served model: its info series, batching limits and zeroed rejections.
 
-        Sets ``predictor_model_info`` to 1 for each device the model runs on, the configured
-        batch and queue limits, and creates ``predictor_rejected_total`` at 0 for every
-        reason.
+        Sets ``predictor_model_info`` to 1 for each device the model runs on, the batch size
+        in effect (``max_batch_size``: the tuned one, else the configured one) and the queue
+        capacity, and creates ``predictor_rejected_total`` at 0 for every reason.
         """
         for device in devices:
             self.model_info.labels(model=model, arch=arch, dtype=dtype, device=device).set(1)
-        self.max_batch_size.labels(model=model).set(self._max_batch_size)
+        effective = self._max_batch_size if max_batch_size is None else max_batch_size
+        self.max_batch_size.labels(model=model).set(effective)
         self.queue_capacity.labels(model=model).set(self._queue_capacity)
         for reason in REJECT_REASONS:
             self.rejected.labels(model=model, reason=reason)

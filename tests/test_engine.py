@@ -133,3 +133,23 @@ def test_cuda_engine_matches_cpu(dtype: str) -> None:
     assert (result.argmax(1) == reference.argmax(1)).all()
     np.testing.assert_allclose(result, reference, atol=0.02 if dtype != "float32" else 1e-4)
     np.testing.assert_allclose(engine.infer(images[:3]), result[:3], atol=0.02)
+
+
+def test_warmup_measures_throughput_and_picks_the_knee() -> None:
+    engine = digits_engine(max_batch=8)
+    engine.warmup()
+    assert sorted(engine.throughput) == [1, 2, 4, 8]
+    assert all(rate > 0 for rate in engine.throughput.values())
+    best = max(engine.throughput.values())
+    chosen = engine.best_batch_size()
+    assert engine.throughput[chosen] >= 0.97 * best
+    assert all(engine.throughput[size] < 0.97 * best for size in engine.throughput if size < chosen)
+
+
+def test_best_batch_size_prefers_the_smallest_size_near_the_best() -> None:
+    engine = digits_engine(max_batch=32)
+    assert engine.best_batch_size() == 32  # nothing measured yet: the configured maximum
+    engine.throughput = {1: 100.0, 2: 180.0, 4: 300.0, 8: 395.0, 16: 400.0, 32: 380.0}
+    assert engine.best_batch_size() == 8  # within 3% of 400, and smaller than 16
+    engine.throughput = {1: 10.0, 2: 19.0, 4: 40.0, 8: 90.0}  # a GPU-like curve
+    assert engine.best_batch_size() == 8
