@@ -436,9 +436,10 @@ def sweep(
             images_per_request=per_request,
         )
         result = point(target, images, spec, server)
-        result["bench_images_per_s"] = result.get("littles_images_per_s", 0.0)
+        # Little's law when every request of the window was answered, else the count.
+        result["bench_images_per_s"] = result.get("littles_images_per_s", result["images_per_s"])
         closed.append(result)
-        previous_rps = max(1.0, result.get("littles_rps", 0.0))
+        previous_rps = max(1.0, result.get("littles_rps", result["ok_rps"]))
         clock.say(f"  {key:13s} {workload} c={level:<4d} {brief(result)}")
     opened: list[dict[str, Any]] = []
     measured = [r for r in closed if "bench_images_per_s" in r]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+JIT_MODES = ("trace", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 MIB = 1024 * 1024
@@ -55,6 +56,7 @@ class Settings:
     queue_capacity: int = 256
     devices: str = "auto"
     dtype: str = "auto"
+    jit: str = "trace"
     max_body_bytes: int = 32 * MIB
     max_image_pixels: int = 40_000_000
     request_timeout_ms: int = 30_000
@@ -85,6 +87,7 @@ class Settings:
         _check(self.queue_capacity <= 1_000_000, "--queue-capacity must be <= 1000000")
         _parse_devices(self.devices)  # syntax only; availability is checked at engine build
         _check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}")
+        _check(self.jit in JIT_MODES, f"--jit must be one of {', '.join(JIT_MODES)}")
         _check(self.max_body_bytes >= 1024, "--max-body-bytes must be >= 1024")
         _check(self.max_image_pixels >= 1, "--max-image-pixels must be >= 1")
         _check(self.request_timeout_ms >= 1, "--request-timeout-ms must be >= 1")
@@ -206,6 +209,13 @@ SERVE_OPTIONS: tuple[_Option, ...] = (
     ("--queue-capacity", "queue_capacity", int, "images admitted but not running, per model"),
     ("--devices", "devices", str, "auto, or a list such as cuda:0,cuda:1 or cpu,cpu"),
     ("--dtype", "dtype", str, "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
+    (
+        "--jit",
+        "jit",
+        str,
+        "trace: run the whole forward as a TorchScript trace (checked against eager at start, "
+        "eager if it differs); off: eager PyTorch",
+    ),
     ("--max-body-bytes", "max_body_bytes", int, "largest request body accepted (413 above)"),
     ("--max-image-pixels", "max_image_pixels", int, "largest image accepted (413 above)"),
     ("--request-timeout-ms", "request_timeout_ms", int, "deadline of a request (504 after)"),

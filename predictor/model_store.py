@@ -10,7 +10,8 @@ A model directory holds ``model.json`` (the manifest) and the files it names::
       "input": {"color": "RGB", "resize": 256, "crop": 224,
                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
       "labels": "labels.txt",              # one label per line
-      "top_k": 5
+      "top_k": 5,
+      "jit": true                          # may run as a TorchScript trace (default)
     }
 
 Files named by a manifest must stay inside the model directory; weights load only through
@@ -82,6 +83,9 @@ class ModelSpec:
         arch_kwargs: builder arguments.
         weights: state-dict file, when ``arch`` is set.
         program: ``torch.export`` program file, instead of arch + weights.
+        jit: whether the server may run the model as a TorchScript trace (``"jit": false``
+            in the manifest for models whose forward has side effects or data-dependent
+            control flow the tracer cannot see).
     """
 
     name: str
@@ -94,6 +98,7 @@ class ModelSpec:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: Path | None = None
     program: Path | None = None
+    jit: bool = True
 
     @property
     def arch_label(self) -> str:
@@ -220,7 +225,14 @@ def _parse(directory: Path, name: str, raw: dict[str, Any]) -> ModelSpec:
         arch_kwargs=dict(raw.get("arch_kwargs", {})),
         weights=safe_path(directory, weights, "weights") if weights is not None else None,
         program=safe_path(directory, program, "program") if program is not None else None,
+        jit=_flag(raw.get("jit", True), "jit"),
     )
+
+
+def _flag(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ModelStoreError(f"{key} must be true or false")
+    return value
 
 
 def safe_path(directory: Path, relative: object, what: str) -> Path:

@@ -76,13 +76,21 @@ def build_models(
             started = time.perf_counter()
             module = load_module(spec)
             for device in devices:
-                engine = Engine(module, spec.input, device, settings.dtype, settings.max_batch_size)
+                engine = Engine(
+                    module,
+                    spec.input,
+                    device,
+                    settings.dtype,
+                    settings.max_batch_size,
+                    jit=settings.jit == "trace" and spec.jit,
+                )
                 seconds = engine.warmup()
                 log.info(
-                    "model %s: warmed up on %s (%s) in %.1f s",
+                    "model %s: warmed up on %s (%s, %s) in %.1f s",
                     spec.name,
                     device,
                     engine.dtype_name,
+                    "TorchScript" if engine.jit else "eager",
                     seconds,
                 )
                 engines.append(engine)

@@ -153,3 +153,46 @@ def test_best_batch_size_prefers_the_smallest_size_near_the_best() -> None:
     assert engine.best_batch_size() == 8  # within 3% of 400, and smaller than 16
     engine.throughput = {1: 10.0, 2: 19.0, 4: 40.0, 8: 90.0}  # a GPU-like curve
     assert engine.best_batch_size() == 8
+
+
+def test_traced_pipeline_matches_eager() -> None:
+    spec = read_manifest(DIGITS, "digits")
+    traced = Engine(load_module(spec), spec.input, "cpu", "float32", 8, jit=True)
+    assert traced.jit
+    images = random_digits(8, seed=5)
+    np.testing.assert_allclose(traced.infer(images), digits_engine().infer(images), atol=1e-5)
+    np.testing.assert_allclose(
+        traced.infer(images[:3]), digits_engine().infer(images[:3]), atol=1e-5
+    )
+
+
+class BatchDependent(nn.Module):
+    """Python control flow on the batch size: a trace would bake in one branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3))
+        if x.shape[0] > 1:
+            return torch.stack([mean, -mean], dim=1) * self.scale
+        return torch.stack([-mean, mean], dim=1) * self.scale
+
+
+class ValueDependent(BatchDependent):
+    """Python control flow on tensor values: the tracer warns, so tracing is refused."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.mean() > 1000):
+            raise RuntimeError("never")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("module", [BatchDependent(), ValueDependent()], ids=["batch", "value"])
+def test_untraceable_models_run_eagerly(module: nn.Module) -> None:
+    spec = InputSpec("L", 4, (4, 4), (0.0,), (1.0,))
+    engine = Engine(module, spec, "cpu", "float32", 4, jit=True)
+    assert not engine.jit  # the check against eager (or the tracer's warning) refused the trace
+    single = engine.infer([np.full((4, 4, 1), 100, np.uint8)])
+    assert single[0, 1] > single[0, 0]  # the batch-of-one branch ran

@@ -399,3 +399,20 @@ def test_open_loop_reports_the_rate_that_arrived() -> None:
     report = run(sender, LoadSpec(rate=200.0, poisson=True, duration_s=1.0, seed=1)).to_json()
     assert report["arrived_rps"] == pytest.approx(report["sent"] / 1.0, rel=0.05)
     assert abs(report["arrived_rps"] - 200.0) < 5 * math.sqrt(200.0)
+
+
+def test_closed_loop_throughput_counts_requests_starved_past_the_window() -> None:
+    """Little's law over the requests *sent* in the window: a server that starves one client
+    past the window must not look faster than it is."""
+    from loadlib.runner import Recorder
+
+    rec = Recorder(0.0)
+    for second in range(10):  # client A: one answer per second
+        rec.add(float(second), float(second + 1), "200")
+    rec.add(0.0, 20.0, "200")  # client B: starved, answered during the drain
+    rec.sent = 11
+    spec = LoadSpec(concurrency=2, duration_s=10.0)
+    report = RunResult(spec, rec, 0.0, 10.0, "duration").to_json()
+    mean_s = (10 * 1.0 + 20.0) / 11
+    assert report["littles_rps"] == pytest.approx(2 / mean_s, rel=1e-3)
+    assert report["littles_rps"] < 1.0  # averaging only the answers in the window gives 2.0

@@ -125,3 +125,13 @@ def test_safetensors_and_exported_program_load_to_the_same_model(tmp_path: Path)
     manifest["program"] = "model.pt2"
     (exported / "model.json").write_text(json.dumps(manifest))
     np.testing.assert_allclose(probabilities(exported, pixels), expected, atol=1e-5)
+
+
+def test_jit_can_be_switched_off_per_model(tmp_path: Path) -> None:
+    directory = copy_digits(tmp_path / "digits")
+    assert read_manifest(directory, "d").jit
+    edit_manifest(directory, jit=False)
+    assert not read_manifest(directory, "d").jit
+    edit_manifest(directory, jit="no")
+    with pytest.raises(ModelStoreError, match="jit must be true or false"):
+        read_manifest(directory, "d")

@@ -194,12 +194,17 @@ class RunResult:
             "ended_by": self.ended_by,
             "errors": dict(self.samples),
         }
-        if self.spec.mode == "closed" and latencies:
+        started = [i for i, s in enumerate(rec.starts) if self.window_start <= s <= self.window_end]
+        if self.spec.mode == "closed" and started and not rec.abandoned:
             # Little's law for a closed loop without think time: clients / mean latency.
             # Robust where answers come in bursts (whole batches) that a short window
-            # would count as all or nothing.
-            littles = (self.spec.concurrency or 1) / (sum(latencies) / len(latencies) / 1000)
-            ok_fraction = codes.get(OK, 0) / len(counted)
+            # would count as all or nothing. The mean is over the requests *sent* in the
+            # window, answered during the drain too: averaging those *answered* in the
+            # window would leave out the slowest (a server that starves some requests
+            # past the window would look faster than it is).
+            mean_s = sum(rec.ends[i] - rec.starts[i] for i in started) / len(started)
+            littles = (self.spec.concurrency or 1) / mean_s
+            ok_fraction = sum(1 for i in started if rec.codes[i] == OK) / len(started)
             report["littles_rps"] = round(littles, 3)
             report["littles_images_per_s"] = round(littles * ok_fraction * per_request, 3)
         if self.spec.mode == "open" and rec.lags:
