@@ -413,7 +413,9 @@ def render(results: Result, source: str) -> str:
         "Re-render with: uv run load-tests/bench.py --report docs/benchmarks.json -->",
         "",
     ]
-    if plan["name"] != "full" or results.get("note"):
+    if plan["name"] == "full" and results.get("note"):
+        out += [f"> {results['note']}", ""]
+    elif plan["name"] != "full" or results.get("note"):
         out += [
             "> **Provisional.** "
             + (
