@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from predictor.errors import DeadlineExceeded, Draining, InferenceFailed, Overloaded
+from predictor.threads import name_current_thread
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ class Worker:
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"engine-{self.name}")
+        self.executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"engine-{self.name}", initializer=name_current_thread
+        )
 
 
 @dataclass(eq=False)

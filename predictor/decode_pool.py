@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from predictor.threads import name_current_thread
+
 T = TypeVar("T")
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[Any], Any], Any]
 
@@ -54,6 +56,7 @@ class DecodePool:
         return future
 
     def _work(self) -> None:
+        name_current_thread()
         while (job := self._jobs.get()) is not None:
             loop, future, function, argument = job
             if future.cancelled():

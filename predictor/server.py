@@ -48,6 +48,7 @@ from predictor.metrics import GpuCollector, Metrics
 from predictor.model import ImageModel
 from predictor.model_store import ModelSpec, discover, load_module
 from predictor.state import ServingState
+from predictor.threads import name_current_thread
 
 log = logging.getLogger("predictor")
 
@@ -238,7 +239,9 @@ async def _run(settings: Settings, state: ServingState) -> int:
     grpc_server = None
     if settings.enable_grpc:
         grpc_server = aio.server(
-            ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc"),
+            ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="grpc", initializer=name_current_thread
+            ),
             interceptors=(GrpcEdge(state),),
             options=[
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
