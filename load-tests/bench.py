@@ -639,7 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
         "library default on CUDA; 0: library defaults",
     )
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="per server, s")
-    parser.add_argument("--note", help="a line shown at the top of docs/benchmarks.md")
+    parser.add_argument(
+        "--note", help="a line shown at the top of docs/benchmarks.md (also with --report)"
+    )
     parser.add_argument(
         "--docs", type=Path, default=ROOT / "docs", help="where benchmarks.md and img/ are written"
     )
@@ -676,6 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--workloads: unknown {key!r}; known: {', '.join(WORKLOADS)}")
     if args.report is not None:
         results = json.loads(args.report.read_text(encoding="utf-8"))
+        if args.note is not None:  # notes written after the run, e.g. on its findings
+            results["note"] = args.note
         print(f"wrote {', '.join(str(p) for p in publish(results, args.docs))}")
         return 0
     plan = QUICK if args.quick else FULL

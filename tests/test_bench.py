@@ -243,3 +243,20 @@ def test_report_renders_again_from_a_results_file(tmp_path: Path) -> None:
     assert bench.main(["--report", str(source), "--docs", str(docs)]) == 0
     assert (docs / "benchmarks.md").is_file()
     assert len(list((docs / "img").glob("*.png"))) == 2
+
+
+def test_report_takes_a_note_written_after_the_run(tmp_path: Path) -> None:
+    import json
+
+    full = results()
+    full["plan"]["name"] = "full"
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(full))
+    docs = tmp_path / "docs"
+    note = "Findings: see [performance.md](performance.md)."
+    assert bench.main(["--report", str(source), "--docs", str(docs), "--note", note]) == 0
+    page = (docs / "benchmarks.md").read_text()
+    assert f"> {note}" in page
+    assert "Measured under contention." not in page  # replaced, not added to
+    assert "**Provisional.**" not in page  # a full run with a note is not provisional
+    assert json.loads((docs / "benchmarks.json").read_text())["note"] == note
