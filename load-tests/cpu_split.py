@@ -33,7 +33,8 @@ from typing import Any
 import loadgen
 from loadlib import corpus
 from loadlib.cli import HelpFormatter
-from loadlib.procs import ServerProcess, free_port
+from loadlib.procs import ServerProcess, cpu_seconds_of, free_port, stat_fields
+from loadlib.promtext import sample_sum
 from loadlib.protocols import PROTOCOLS, Target, make_sender
 from loadlib.runner import LoadSpec, run_load
 from loadlib.systems import LOAD_TESTS, SYSTEMS, ServerSettings
@@ -41,7 +42,6 @@ from loadlib.workload import MODELS, prepare_models
 
 ROOT = LOAD_TESTS.parent
 ROLES = ("event loop", "decode", "engine", "other")
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def role(name: str, main_thread: bool) -> str:
@@ -60,12 +60,11 @@ def thread_cpu(pid: int, proc: Path = Path("/proc")) -> dict[int, tuple[str, flo
     out: dict[int, tuple[str, float]] = {}
     for task in (proc / str(pid) / "task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            seconds = cpu_seconds_of(stat_fields(task))
             name = (task / "comm").read_text().strip()
         except OSError:  # the thread ended meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces and ')'
-        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / TICKS_PER_S)
+        out[int(task.name)] = (name, seconds)
     return out
 
 
@@ -82,17 +81,13 @@ def by_role(
 def machine_busy_s(proc: Path = Path("/proc")) -> float:
     """CPU seconds the whole machine has spent busy (not idle or waiting on I/O), all cores."""
     ticks = [int(v) for v in (proc / "stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / TICKS_PER_S
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def images_run(metrics_text: str) -> tuple[float, float]:
     """``(images, batches)`` run so far, summed over models, from a ``/metrics`` page."""
-    images = batches = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith("predictor_batch_size_sum{"):
-            images += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("predictor_batch_size_count{"):
-            batches += float(line.rsplit(" ", 1)[1])
+    images = sample_sum(metrics_text, "predictor_batch_size_sum") or 0.0
+    batches = sample_sum(metrics_text, "predictor_batch_size_count") or 0.0
     return images, batches
 
 

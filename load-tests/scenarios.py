@@ -39,6 +39,7 @@ import aiohttp
 from loadlib import corpus
 from loadlib.cli import HelpFormatter
 from loadlib.procs import ServerProcess, free_port
+from loadlib.promtext import sample_sum
 from loadlib.protocols import PROTOCOLS, Target, make_sender
 from loadlib.runner import LoadSpec, RunResult, run_load
 from loadlib.schedule import Phase
@@ -65,25 +66,12 @@ class Outcome:
         return all(self.checks.values())
 
 
-async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """Unlabelled samples of a Prometheus text page (name -> value)."""
-    async with session.get(url.rstrip("/") + "/metrics") as reply:
-        text = await reply.text()
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, _, value = line.partition(" ")
-        with contextlib.suppress(ValueError):
-            samples[name] = float(value.split()[0])
-    return samples
-
-
 async def rss_bytes(session: aiohttp.ClientSession, url: str) -> float | None:
     """The server's resident memory from its ``/metrics``, if it exports it."""
     try:
-        return (await scrape(session, url)).get(RSS_METRIC)
-    except (aiohttp.ClientError, TimeoutError):
+        async with session.get(url.rstrip("/") + "/metrics") as reply:
+            return sample_sum(await reply.text(), RSS_METRIC)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
 
 

@@ -40,6 +40,23 @@ def http_status(url: str, timeout_s: float = 2.0) -> int | None:
         return None
 
 
+def stat_fields(proc_dir: Path) -> list[str]:
+    """The fields of ``<proc_dir>/stat`` after the name (a process's or a thread's).
+
+    The name sits in parentheses and may hold spaces and ``)``; the fields after it count
+    from 0 at the state (``proc(5)`` field 3), so utime is ``[11]`` and stime ``[12]``.
+
+    Raises:
+        OSError: the process or thread is gone.
+    """
+    return (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds_of(fields: Sequence[str]) -> float:
+    """User + system CPU seconds from :func:`stat_fields`."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServerProcess:
     """A server started as its own process group, ready when ``ready_url`` answers 200.
 
@@ -118,7 +135,7 @@ class ServerProcess:
             if not entry.name.isdigit():
                 continue
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                fields = stat_fields(entry)
             except (OSError, IndexError):
                 continue
             if len(fields) > 13 and fields[2] == str(self.process.pid):  # [2]: process group
@@ -139,8 +156,7 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far by the live processes of the group."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        return sum((int(f[11]) + int(f[12])) / ticks for _, f in self._group())
+        return sum(cpu_seconds_of(fields) for _, fields in self._group())
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM the process group, wait, SIGKILL what is left; the exit code."""
