@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         with _bare_argv():
             from predictor import server
-            from predictor.engine import DeviceError
+            from predictor.devices import DeviceError
             from predictor.model_store import ModelStoreError
         try:
             return server.serve(settings)

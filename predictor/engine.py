@@ -19,51 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from predictor.devices import resolve_dtype
 from predictor.model_store import InputSpec
+from predictor.pipeline import Pipeline, trace
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class DeviceError(ValueError):
-    """A requested device or dtype cannot be used on this machine."""
-
-
-def resolve_devices(requested: Sequence[str]) -> list[str]:
-    """Turn ``--devices`` into concrete device names.
-
-    Args:
-        requested: ``["auto"]`` or names such as ``cpu``, ``cuda``, ``cuda:1``.
-
-    Returns:
-        Device names such as ``["cuda:0", "cuda:1"]`` or ``["cpu"]``.
-
-    Raises:
-        DeviceError: a CUDA device is asked for that is not visible.
-    """
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if list(requested) == ["auto"]:
-        return [f"cuda:{i}" for i in range(visible)] or ["cpu"]
-    devices = []
-    for name in requested:
-        if name == "cuda":
-            name = "cuda:0"
-        if name.startswith("cuda:") and int(name.split(":")[1]) >= visible:
-            raise DeviceError(
-                f"--devices: unknown device {name}: {visible} CUDA device(s) visible here"
-            )
-        devices.append(name)
-    return devices
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """The compute dtype: ``auto`` is float16 on CUDA and float32 on CPU."""
-    if dtype == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    if dtype not in _DTYPES:
-        raise DeviceError(f"--dtype: unknown dtype {dtype!r}")
-    return _DTYPES[dtype]
 
 
 def warmup_sizes(max_batch_size: int, device: str) -> list[int]:
@@ -99,72 +59,6 @@ def _split_on_oom(run: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[...
             return np.concatenate([guarded(items[:half]), guarded(items[half:])])
 
     return guarded
-
-
-class _Pipeline(nn.Module):
-    """Pixels to probabilities on the device: normalise, cast, layout, network, softmax.
-
-    One module, so that it can be traced as a whole: the traced pipeline runs in C++ and
-    releases the GIL for the entire batch instead of taking it for every operator.
-    """
-
-    def __init__(
-        self,
-        network: nn.Module,
-        scale: torch.Tensor,
-        shift: torch.Tensor,
-        dtype: torch.dtype,
-        channels_last: bool,
-    ) -> None:
-        super().__init__()
-        self.network = network
-        self.scale: torch.Tensor
-        self.shift: torch.Tensor
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
-        self.compute_dtype = dtype
-        self.channels_last = channels_last
-        self.training = False  # not .eval(): exported programs refuse train()/eval()
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``uint8`` ``[N, H, W, C]`` pixels to ``float32`` ``[N, classes]`` probabilities."""
-        x = pixels.permute(0, 3, 1, 2).float() * self.scale + self.shift
-        return self.classify(x)
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised ``float32`` ``[N, C, H, W]`` to probabilities."""
-        x = x.to(self.compute_dtype)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        else:
-            x = x.contiguous()
-        logits = self.network(x)
-        if isinstance(logits, tuple | list):
-            logits = logits[0]
-        probs: torch.Tensor = logits.float().softmax(dim=1)
-        return probs
-
-
-def _trace(pipeline: _Pipeline, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """TorchScript-trace and freeze ``pipeline``.
-
-    Deprecated upstream, yet still the way to run a whole forward without the GIL from
-    eager PyTorch; callers fall back to eager execution when it fails.
-    """
-    import warnings
-
-    from torch.jit._trace import TracerWarning
-
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
-        traced = torch.jit.trace(pipeline, example, check_trace=False)  # type: ignore[no-untyped-call]
-        frozen = torch.jit.freeze(traced)
-    for warning in caught:
-        # Python control flow on tensor values (or similar) was baked into the trace.
-        if issubclass(warning.category, TracerWarning):
-            raise ValueError(f"the trace may be wrong: {str(warning.message).splitlines()[0]}")
-    result: Callable[[torch.Tensor], torch.Tensor] = frozen
-    return result
 
 
 class Engine:
@@ -215,7 +109,7 @@ class Engine:
         shift = -mean / std
         self._np_scale = scale.numpy().reshape(-1, 1, 1)
         self._np_shift = shift.numpy().reshape(-1, 1, 1)
-        self.pipeline = _Pipeline(
+        self.pipeline = Pipeline(
             module, scale.to(self.device), shift.to(self.device), self.dtype, self._cuda
         )
         height, width = spec.crop
@@ -240,7 +134,7 @@ class Engine:
         ]
         tolerance = 1e-4 if self.dtype == torch.float32 else 2e-2
         try:
-            traced = _trace(self.pipeline, samples[-1])
+            traced = trace(self.pipeline, samples[-1])
             with torch.inference_mode():
                 for sample in samples:
                     expected, got = self.pipeline(sample), traced(sample)

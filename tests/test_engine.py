@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from predictor.engine import DeviceError, Engine, resolve_devices, resolve_dtype, warmup_sizes
-from predictor.model_store import InputSpec, load_module, read_manifest
+from predictor.devices import DeviceError, resolve_devices, resolve_dtype
+from predictor.engine import Engine, warmup_sizes
+from predictor.model_store import InputSpec, read_manifest
+from predictor.weights import load_module
 from tests.support import DIGITS
 
 CUDA = torch.cuda.is_available()

@@ -13,7 +13,8 @@ import torch
 
 from predictor.cli import main
 from predictor.engine import Engine
-from predictor.model_store import load_module, read_manifest
+from predictor.model_store import read_manifest
+from predictor.weights import load_module
 from tests.support import ROOT
 
 

@@ -12,7 +12,8 @@ import torch
 
 from predictor import archs
 from predictor.engine import Engine
-from predictor.model_store import ModelStoreError, discover, load_module, read_manifest
+from predictor.model_store import ModelStoreError, discover, read_manifest
+from predictor.weights import load_module
 from tests.support import DIGITS
 
 

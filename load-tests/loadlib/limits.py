@@ -43,7 +43,8 @@ def engine_limits(
     another process taking the CPU for a moment only ever makes a round slower.
     """
     from predictor.engine import Engine
-    from predictor.model_store import discover, load_module
+    from predictor.model_store import discover
+    from predictor.weights import load_module
 
     spec = discover(model_dir)[0]
     module = load_module(spec)

@@ -109,8 +109,9 @@ class PerRequestClassifier:
     def __init__(self, model_dir: Path, device: str = "cpu", dtype: str = "auto") -> None:
         import torch
 
-        from predictor.engine import resolve_dtype
-        from predictor.model_store import discover, load_module
+        from predictor.devices import resolve_dtype
+        from predictor.model_store import discover
+        from predictor.weights import load_module
 
         self.spec = discover(model_dir)[0]
         self.device = torch.device(device)

@@ -45,7 +45,8 @@ class ImageAPI(ls.LitAPI):  # type: ignore[misc]
     def setup(self, device: str) -> None:
         """Load the module onto ``device`` and warm the engine up."""
         from predictor.engine import Engine
-        from predictor.model_store import discover, load_module
+        from predictor.model_store import discover
+        from predictor.weights import load_module
 
         self.spec = discover(self.model_dir)[0]
         self.engine = Engine(

@@ -58,7 +58,8 @@ class Inference(Worker):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         from predictor.engine import Engine
-        from predictor.model_store import discover, load_module
+        from predictor.model_store import discover
+        from predictor.weights import load_module
 
         self.spec = discover(_model_dir())[0]
         max_batch = int(os.environ["MOSEC_PEER_MAX_BATCH_SIZE"])
