@@ -8,7 +8,7 @@ TOOLS  := .tools
 UV     := $(TOOLS)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 
-.PHONY: serve test lint typecheck pytest sync prometheus bench clean help
+.PHONY: serve test lint typecheck pytest sync prometheus browser bench clean help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -30,7 +30,7 @@ lint: sync
 typecheck: sync
 	$(UV) run --frozen mypy
 
-pytest: sync prometheus
+pytest: sync prometheus browser
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 # prometheus + promtool for the observability tests: from PATH, else unpacked from Debian's .deb.
@@ -38,6 +38,10 @@ prometheus: $(TOOLS)/prometheus/bin/promtool
 
 $(TOOLS)/prometheus/bin/promtool:
 	scripts/install-prometheus.sh $(TOOLS)/prometheus
+
+# chromium for the browser tests (the API page): from PATH, else Debian's package.
+browser:
+	scripts/install-chromium.sh
 
 test: lint typecheck pytest
 

@@ -49,11 +49,13 @@ class Worker:
     """A device worker: a batch runner and the single thread it runs on.
 
     Attributes:
-        name: the device name (metric label), e.g. ``cuda:0``.
+        device: the device it runs on, e.g. ``cuda:0``.
+        replica: 0 for the first engine on that device, 1 for a second one...
         run: the batch runner, called on the worker's thread only.
     """
 
-    name: str
+    device: str
+    replica: int
     run: RunBatch
     executor: ThreadPoolExecutor = field(init=False)
 
@@ -61,6 +63,11 @@ class Worker:
         self.executor = ThreadPoolExecutor(
             1, thread_name_prefix=f"engine-{self.name}", initializer=name_current_thread
         )
+
+    @property
+    def name(self) -> str:
+        """The ``device`` metric label: the device, suffixed ``/N`` for a further replica."""
+        return self.device if self.replica == 0 else f"{self.device}/{self.replica}"
 
 
 @dataclass(eq=False)

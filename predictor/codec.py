@@ -2,12 +2,13 @@
 
 Accepted inputs (all land in one :class:`ImageRequest`):
 
-* v1 raw body: ``POST /v1/models/<m>:predict`` with ``Content-Type: image/*``; KServe hands
-  the body to the model as ``bytes``.
+* v1 raw body: ``POST /v1/models/<m>:predict`` with ``Content-Type: image/*`` (or a
+  multipart upload, one image per file part): the HTTP edge hands the bytes over.
 * v1 JSON: ``{"instances": [{"image_bytes": {"b64": "..."}}, ...], "parameters": {...}}``;
   an instance may also be ``{"b64": "..."}`` or a bare base64 string.
 * v2 (REST or gRPC): one input, either ``BYTES`` of shape ``[N]`` (base64 strings over REST
-  JSON, raw bytes over gRPC) or a preprocessed ``FP32`` tensor ``[N, C, H, W]``.
+  JSON, raw bytes over the REST binary extension and gRPC) or a preprocessed ``FP32`` tensor
+  ``[N, C, H, W]``.
 
 Per-request parameters: ``top_k`` and ``timeout_ms`` (v1 ``parameters``, v2/gRPC request
 ``parameters``); the ``x-request-timeout-ms`` header works on every route.
@@ -20,7 +21,7 @@ import binascii
 import math
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,9 @@ class ImageRequest:
         timeout_ms: per-request deadline, if given (capped by the server's later).
         request_id: the v2 request id, echoed in the response.
         binary_outputs: answer with raw binary outputs (gRPC raw inputs, REST binary ext.).
-        requested_outputs: v2 outputs asked for by name; None means all.
+        requested_outputs: v2 outputs asked for by name, with their ``binary_data`` choice
+            (None: not said); None means all, in the model's order.
+        labels: how error messages name each image (multipart parts); None: by index.
     """
 
     protocol: str
@@ -62,7 +65,41 @@ class ImageRequest:
     timeout_ms: int | None = None
     request_id: str | None = None
     binary_outputs: bool = False
-    requested_outputs: Any = None
+    requested_outputs: dict[str, bool | None] | None = None
+    labels: list[str] | None = None
+
+    def label(self, index: int) -> str | None:
+        """How an error about image ``index`` names it (None: a lone image needs no name)."""
+        if self.labels is not None:
+            return self.labels[index]
+        return f"image {index}" if len(self.images) > 1 else None
+
+
+@dataclass
+class Tensor:
+    """One output tensor of a v2 answer, protocol-neutral.
+
+    Attributes:
+        name: output name.
+        datatype: v2 datatype (``BYTES``, ``FP32``, ``INT64``...).
+        array: the values; ``BYTES`` as an object array of ``bytes``.
+        binary: send as raw binary data (REST binary extension / gRPC raw contents).
+    """
+
+    name: str
+    datatype: str
+    array: np.ndarray
+    binary: bool = False
+
+
+@dataclass
+class V2Answer:
+    """A v2 inference answer before it is put on a wire (REST JSON, REST binary or gRPC)."""
+
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[Tensor] = field(default_factory=list)
 
 
 def protocol_of(payload: object) -> str:
@@ -78,7 +115,8 @@ def decode_request(
     """Turn whatever KServe handed to ``preprocess`` into an :class:`ImageRequest`.
 
     Args:
-        payload: ``bytes`` (v1 raw body), ``dict`` (v1 JSON) or ``InferRequest`` (v2, gRPC).
+        payload: ``bytes`` (v1 raw body), ``dict`` (v1 JSON), ``InferRequest`` (v2, gRPC), or
+            an :class:`ImageRequest` the HTTP edge decoded already (returned as it is).
         headers: request headers (gRPC metadata for gRPC), lower-case keys.
         max_images: requests holding more images are refused before they are split up.
 
@@ -90,6 +128,8 @@ def decode_request(
             the payload).
         TooLarge: the request holds more than ``max_images`` images.
     """
+    if isinstance(payload, ImageRequest):
+        return payload
     if isinstance(payload, bytes | bytearray | memoryview):
         request = ImageRequest("v1", [bytes(payload)])
     elif isinstance(payload, dict):
@@ -98,8 +138,20 @@ def decode_request(
         request = _decode_v2(payload, max_images)
     else:
         raise BadInput(f"unsupported request body ({type(payload).__name__})")
+    return complete(request, None, headers)
+
+
+def complete(
+    request: ImageRequest, parameters: Any, headers: Mapping[str, str] | None
+) -> ImageRequest:
+    """Apply a request's ``parameters`` and its ``x-request-timeout-ms`` header.
+
+    Raises:
+        BadInput: no images, or a parameter or the header is invalid.
+    """
     if not request.images:
         raise BadInput("request holds no images")
+    _apply_parameters(request, parameters)
     header_timeout = (headers or {}).get(TIMEOUT_HEADER)
     if header_timeout is not None:
         timeout = _positive_int(header_timeout, TIMEOUT_HEADER)
@@ -159,11 +211,42 @@ def _decode_v2(infer: InferRequest, max_images: int) -> ImageRequest:
         protocol,
         images,
         request_id=request_id or None,
-        binary_outputs=bool(infer.use_binary_outputs),
-        requested_outputs=infer.request_outputs,
+        binary_outputs=_binary_outputs(infer, params),
+        requested_outputs=_requested_outputs(infer.request_outputs),
     )
     _apply_parameters(request, params)
     return request
+
+
+def _binary_outputs(infer: InferRequest, params: Any) -> bool:
+    """Raw binary outputs: gRPC requests that sent raw inputs, REST ``binary_data_output``."""
+    if infer.from_grpc:
+        return bool(infer.use_binary_outputs)
+    flag = params.get("binary_data_output", False) if params else False
+    if not isinstance(flag, bool):
+        raise BadInput("parameters.binary_data_output must be true or false")
+    return flag
+
+
+def _requested_outputs(requested: Any) -> dict[str, bool | None] | None:
+    """Requested outputs by name with their ``binary_data`` flag; unknown names are 400."""
+    if not requested:
+        return None
+    if not isinstance(requested, Sequence) or len(requested) > len(OUTPUTS):
+        raise BadInput(f'"outputs" must list at most {len(OUTPUTS)} of {", ".join(OUTPUTS)}')
+    out: dict[str, bool | None] = {}
+    for item in requested:
+        name = getattr(item, "name", None)
+        if name not in OUTPUTS:
+            raise BadInput(
+                f"unknown output {_shown(name)}; this model answers {', '.join(OUTPUTS)}"
+            )
+        params = getattr(item, "parameters", None) or {}
+        binary = params.get("binary_data") if isinstance(params, Mapping) else None
+        if binary is not None and not isinstance(binary, bool):
+            raise BadInput(f"outputs {name}: binary_data must be true or false")
+        out[str(name)] = binary
+    return out
 
 
 def _shown(value: object) -> str:
@@ -338,26 +421,42 @@ def encode_v1(results: Sequence[TopK]) -> dict[str, Any]:
     }
 
 
-def encode_v2(request: ImageRequest, model_name: str, results: Sequence[TopK]) -> InferResponse:
-    """The v2 answer: ``labels`` (BYTES), ``scores`` (FP32), ``class_ids`` (INT64), [N, k]."""
+def encode_v2(
+    request: ImageRequest, model_name: str, model_version: str, results: Sequence[TopK]
+) -> V2Answer:
+    """The v2 answer: ``labels`` (BYTES), ``scores`` (FP32), ``class_ids`` (INT64), [N, k].
+
+    Only the outputs the request asked for, in the order it asked for them.
+    """
     k = min(len(r.labels) for r in results)
-    labels = np.array([[s.encode() for s in r.labels[:k]] for r in results], dtype=np.object_)
-    scores = np.stack([r.scores[:k] for r in results]).astype(np.float32)
-    class_ids = np.stack([r.class_ids[:k] for r in results]).astype(np.int64)
+    arrays = {
+        "labels": np.array([[s.encode() for s in r.labels[:k]] for r in results], dtype=np.object_),
+        "scores": np.stack([r.scores[:k] for r in results]).astype(np.float32),
+        "class_ids": np.stack([r.class_ids[:k] for r in results]).astype(np.int64),
+    }
+    datatypes = {"labels": "BYTES", "scores": "FP32", "class_ids": "INT64"}
+    wanted = request.requested_outputs or dict.fromkeys(OUTPUTS)
+    outputs = [
+        Tensor(name, datatypes[name], arrays[name], request.binary_outputs if b is None else b)
+        for name, b in wanted.items()
+    ]
+    return V2Answer(model_name, model_version, request.request_id or str(uuid.uuid4()), outputs)
+
+
+def to_infer_response(answer: V2Answer, request: ImageRequest) -> InferResponse:
+    """The answer as KServe's ``InferResponse``, which its gRPC servicer puts on the wire."""
     outputs = []
-    for name, datatype, array in (
-        ("labels", "BYTES", labels),
-        ("scores", "FP32", scores),
-        ("class_ids", "INT64", class_ids),
-    ):
-        output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
-        output.set_data_from_numpy(array, binary_data=request.binary_outputs)
+    for tensor in answer.outputs:
+        output = InferOutput(
+            name=tensor.name, shape=list(tensor.array.shape), datatype=tensor.datatype
+        )
+        output.set_data_from_numpy(tensor.array, binary_data=request.binary_outputs)
         outputs.append(output)
     return InferResponse(
-        response_id=request.request_id or str(uuid.uuid4()),
-        model_name=model_name,
+        response_id=answer.id,
+        model_name=answer.model_name,
+        model_version=answer.model_version,
         infer_outputs=outputs,
-        from_grpc=request.protocol == "grpc",
+        from_grpc=True,
         use_binary_outputs=request.binary_outputs,
-        requested_outputs=request.requested_outputs,
     )

@@ -18,6 +18,8 @@ from typing import Any
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 JIT_MODES = ("trace", "off")
+MODEL_CONTROL_MODES = ("none", "explicit")
+_MODEL_LIST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(,[A-Za-z0-9][A-Za-z0-9_.-]{0,62})*$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 MIB = 1024 * 1024
@@ -65,6 +67,9 @@ class Settings:
     decode_workers: int = 0
     max_consecutive_failures: int = 5
     log_level: str = "INFO"
+    model_control: str = "none"
+    load_models: str = "all"
+    docs: bool = True
 
     def __post_init__(self) -> None:
         """Validate every field and the cross-field rules."""
@@ -104,6 +109,19 @@ class Settings:
         )
         _check(self.log_level in LOG_LEVELS, f"--log-level must be one of {LOG_LEVELS}")
         _check(
+            self.model_control in MODEL_CONTROL_MODES,
+            f"--model-control must be one of {', '.join(MODEL_CONTROL_MODES)}",
+        )
+        _check(
+            self.load_models in ("all", "none") or bool(_MODEL_LIST_RE.match(self.load_models)),
+            "--load-models must be all, none or a comma-separated list of model names",
+        )
+        _check(
+            self.load_models != "none" or self.model_control == "explicit",
+            "--load-models none serves nothing unless --model-control explicit lets models be "
+            "loaded later",
+        )
+        _check(
             self.model_dir.is_dir(),
             f"--model-dir {self.model_dir} is not a directory",
         )
@@ -116,6 +134,14 @@ class Settings:
                 bool(self.auth_token()),
                 f"--auth-token-file {self.auth_token_file} is empty",
             )
+
+    def models_to_load(self) -> list[str] | None:
+        """``--load-models`` as a list of names; None means every model found."""
+        if self.load_models == "all":
+            return None
+        if self.load_models == "none":
+            return []
+        return self.load_models.split(",")
 
     def device_list(self) -> list[str]:
         """The ``--devices`` value as a list; ``["auto"]`` when automatic."""
@@ -234,6 +260,20 @@ SERVE_OPTIONS: tuple[_Option, ...] = (
         "engine failures in a row before the model reports unhealthy (0: never)",
     ),
     ("--log-level", "log_level", str.upper, "DEBUG, INFO, WARNING or ERROR"),
+    (
+        "--model-control",
+        "model_control",
+        str,
+        "none: the models loaded at start are fixed, /v2/repository routes are not served; "
+        "explicit: load, unload and reconfigure models at runtime through the repository API",
+    ),
+    (
+        "--load-models",
+        "load_models",
+        str,
+        "models loaded at start: all, none (needs --model-control explicit) or NAME,NAME",
+    ),
+    ("--docs", "docs", _bool, "serve the OpenAPI page at /docs and /openapi.json (true/false)"),
 )
 
 

@@ -72,6 +72,8 @@ class Engine:
         max_batch_size: the largest batch :meth:`infer` will receive.
         jit: trace the whole pixels-to-probabilities pipeline with TorchScript (checked
             against eager execution; eager is kept when tracing fails or disagrees).
+        freeze: freeze the trace (faster; its weights are never freed, so only for models
+            that stay loaded, see :func:`predictor.pipeline.trace`).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Engine:
         dtype: str,
         max_batch_size: int,
         jit: bool = False,
+        freeze: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.name = device
@@ -119,10 +122,10 @@ class Engine:
         self._pixels_to_probs: Callable[[torch.Tensor], torch.Tensor] = self.pipeline
         self.jit = False
         if jit:
-            self.jit = self._use_traced()
+            self.jit = self._use_traced(freeze)
         self.run = _split_on_oom(self.infer)
 
-    def _use_traced(self) -> bool:
+    def _use_traced(self, freeze: bool) -> bool:
         """Trace the pipeline; keep it only if it matches eager results on two batch sizes."""
         height, width = self.spec.crop
         generator = torch.Generator().manual_seed(0)
@@ -134,7 +137,7 @@ class Engine:
         ]
         tolerance = 1e-4 if self.dtype == torch.float32 else 2e-2
         try:
-            traced = trace(self.pipeline, samples[-1])
+            traced = trace(self.pipeline, samples[-1], freeze)
             with torch.inference_mode():
                 for sample in samples:
                     expected, got = self.pipeline(sample), traced(sample)

@@ -61,6 +61,26 @@ class UnknownModel(PredictorError):
     reason = "unknown_model"
 
 
+class NoRoute(PredictorError):
+    """404: no such route (or a route this server does not serve in its configuration)."""
+
+    status = 404
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "bad_input"
+
+
+class MethodNotAllowed(PredictorError):
+    """405: the route exists, not for this method; ``allow`` lists the methods it takes."""
+
+    status = 405
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "bad_input"
+
+    def __init__(self, message: str, allow: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
 class TooLarge(PredictorError):
     """413: body, image or batch larger than the configured limits."""
 
@@ -115,6 +135,14 @@ class InferenceFailed(PredictorError):
     status = 500
     grpc_code = grpc.StatusCode.INTERNAL
     reason = "engine_error"
+
+
+class LoadFailed(PredictorError):
+    """500: a model's weights or device failed while loading (the message says which)."""
+
+    status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+    reason = "internal"
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -8,6 +8,7 @@ timeout), never at import. Names are namespaced ``predictor_`` and use base unit
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -84,6 +85,7 @@ class Metrics:
         self.registry = registry
         self._max_batch_size = settings.max_batch_size
         self._queue_capacity = settings.queue_capacity
+        self._info_labels: dict[str, list[tuple[str, str, str, str]]] = {}
         latency = latency_buckets(settings.request_timeout_s)
         self.requests = Counter(
             "predictor_requests",
@@ -186,6 +188,7 @@ class Metrics:
         dtype: str,
         devices: Iterable[str],
         max_batch_size: int | None = None,
+        queue_capacity: int | None = None,
     ) -> None:
         """Publish a served model: its info series, batching limits and zeroed rejections.
 
@@ -193,13 +196,29 @@ class Metrics:
         in effect (``max_batch_size``: the tuned one, else the configured one) and the queue
         capacity, and creates ``predictor_rejected_total`` at 0 for every reason.
         """
-        for device in devices:
-            self.model_info.labels(model=model, arch=arch, dtype=dtype, device=device).set(1)
+        info = [(model, arch, dtype, device) for device in devices]
+        for labels in info:
+            self.model_info.labels(*labels).set(1)
+        self._info_labels[model] = info
         effective = self._max_batch_size if max_batch_size is None else max_batch_size
         self.max_batch_size.labels(model=model).set(effective)
-        self.queue_capacity.labels(model=model).set(self._queue_capacity)
+        capacity = self._queue_capacity if queue_capacity is None else queue_capacity
+        self.queue_capacity.labels(model=model).set(capacity)
         for reason in REJECT_REASONS:
             self.rejected.labels(model=model, reason=reason)
+
+    def forget_model(self, model: str) -> None:
+        """Remove an unloaded model's gauges (its counters and histograms keep their totals).
+
+        The live-state gauges no longer read a retired batcher, and ``predictor_model_info``
+        lists only what is served.
+        """
+        for gauge in (self.queue_depth, self.inflight, self.engine_failures):
+            _remove(gauge, model)
+        for gauge in (self.max_batch_size, self.queue_capacity):
+            _remove(gauge, model)
+        for labels in self._info_labels.pop(model, []):
+            self.model_info.remove(*labels)
 
     def observe_request(self, model: str, protocol: str, code: int, seconds: float) -> None:
         """Count one answered inference request and its latency."""
@@ -209,6 +228,11 @@ class Metrics:
     def observe_rejection(self, model: str, reason: str) -> None:
         """Count one request refused or failed for ``reason``."""
         self.rejected.labels(model=model, reason=reason).inc()
+
+
+def _remove(metric: Gauge, model: str) -> None:
+    with contextlib.suppress(KeyError):  # never described: nothing to remove
+        metric.remove(model)
 
 
 class ModelObserver:

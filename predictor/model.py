@@ -4,16 +4,20 @@
 pool), ``predict`` submits every image to the model's :class:`DynamicBatcher` and awaits the
 results under the request's deadline, ``postprocess`` turns probabilities into top-k and
 encodes the answer in the protocol it was asked in.
+
+A model is built complete (engines warmed up, see :mod:`predictor.build`) and published by
+the repository; unloading drains it and frees its engines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import kserve
 import numpy as np
@@ -22,9 +26,14 @@ from predictor import codec
 from predictor.batcher import DynamicBatcher, Reservation
 from predictor.decode_pool import DecodePool
 from predictor.errors import DeadlineExceeded, Draining, NotReady, PredictorError
+from predictor.model_config import ModelSettings, RequestDefaults
 from predictor.model_store import ModelSpec
 from predictor.postprocess import top_k
 from predictor.preprocess import check_tensor, decode_image
+
+if TYPE_CHECKING:
+    from predictor.build import ServerLimits
+    from predictor.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -52,55 +61,51 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
 
     Args:
         spec: the model directory's manifest.
-        build_batcher: builds the (started-later) batcher: loads weights, creates one engine
-            per device and warms them up. Called by :meth:`load`, once.
+        settings: how it is served (batching, devices, dtype).
+        batcher: its batcher over one engine per device (started by :meth:`start`).
+        engines: those engines (kept to describe and free them).
+        defaults: per-request defaults, changeable while serving.
         decode_pool: the bounded thread pool images are decoded in.
-        max_image_pixels: larger images are refused (413) from their header.
-        request_timeout_s: the server's deadline; per-request timeouts can only shorten it.
-        max_consecutive_failures: failed batches in a row before reporting unhealthy (0: never).
+        limits: the server-wide limits (pixels, deadline, failures before unhealthy).
     """
 
     def __init__(
         self,
         spec: ModelSpec,
-        build_batcher: Callable[[], DynamicBatcher],
+        settings: ModelSettings,
+        batcher: DynamicBatcher,
+        engines: Sequence[Engine],
+        defaults: RequestDefaults,
         decode_pool: DecodePool,
-        max_image_pixels: int,
-        request_timeout_s: float,
-        max_consecutive_failures: int,
+        limits: ServerLimits,
     ) -> None:
         super().__init__(spec.name)
         self.spec = spec
-        self._build_batcher = build_batcher
+        self.settings = settings
+        self.batcher = batcher
+        self.engines = list(engines)
+        self.defaults = defaults
         self._decode_pool = decode_pool
-        self._max_pixels = max_image_pixels
-        self._timeout_s = request_timeout_s
-        self._max_failures = max_consecutive_failures
-        self.batcher: DynamicBatcher | None = None
+        self._max_pixels = limits.max_image_pixels
+        self._timeout_s = limits.request_timeout_s
+        self._max_failures = limits.max_consecutive_failures
         self.draining = False
+        self.ready = True
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def load(self) -> bool:
-        """Build engines and batcher once.
-
-        Idempotent: KServe calls it again, on the event loop, whenever the model is not
-        healthy (draining, failing), so later calls return at once.
-        """
-        if self.batcher is None:
-            self.batcher = self._build_batcher()
-            self.ready = True
+        """Nothing to do: the model is built complete. KServe calls this when unhealthy."""
         return bool(self.ready)
 
-    def start_batcher(self) -> None:
+    def start(self) -> None:
         """Start the batch collector on the running event loop."""
-        assert self.batcher is not None, "load() first"
         self.batcher.start()
 
     @property
     def broken(self) -> bool:
         """True after ``max_consecutive_failures`` failed batches in a row."""
-        if self.batcher is None or self._max_failures == 0:
+        if self._max_failures == 0:
             return False
         return self.batcher.consecutive_failures >= self._max_failures
 
@@ -110,15 +115,29 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
 
     def devices(self) -> list[str]:
         """Physical devices this model runs on (``cpu``, ``cuda:0``...)."""
-        if self.batcher is None:
-            return []
-        return sorted({worker.name.split("/")[0] for worker in self.batcher.workers})
+        return sorted({worker.device for worker in self.batcher.workers})
+
+    @property
+    def dtype_name(self) -> str:
+        """The compute dtype in use (``float16``...)."""
+        return self.engines[0].dtype_name if self.engines else self.settings.dtype
+
+    @property
+    def traced(self) -> bool:
+        """Whether the engines run a TorchScript trace (else eager PyTorch)."""
+        return bool(self.engines) and all(engine.jit for engine in self.engines)
 
     def begin_drain(self) -> None:
         """Stop reporting ready and refuse new work; admitted work still finishes."""
         self.draining = True
-        if self.batcher is not None:
-            self.batcher.close()
+        self.batcher.close()
+
+    async def stop(self) -> None:
+        """Stop the batcher and free the engines (device memory included)."""
+        self.ready = False
+        await self.batcher.stop()
+        self.engines.clear()
+        gc.collect()
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -158,8 +177,9 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
             jobs = [self._decode_pool.run(self._prepare_one, image) for image in request.images]
             outcomes = await asyncio.gather(*jobs, return_exceptions=True)
             for index, outcome in enumerate(outcomes):
-                if isinstance(outcome, PredictorError) and count > 1:
-                    outcome.message = f"image {index}: {outcome.message}"
+                label = request.label(index)
+                if isinstance(outcome, PredictorError) and label is not None:
+                    outcome.message = f"{label}: {outcome.message}"
                 if isinstance(outcome, BaseException):
                     raise outcome
             if loop.time() >= deadline:
@@ -178,7 +198,6 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         """Submit each image to the batcher; await all results before the deadline."""
         loop = asyncio.get_running_loop()
         batcher = self.batcher
-        assert batcher is not None
         request_id = (headers or {}).get("x-request-id") or prepared.request.request_id
         try:
             futures = [
@@ -201,15 +220,19 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         self, predicted: Predicted, headers: dict[str, str] | None = None
     ) -> dict[str, Any] | Any:
         """Softmax top-k per image, encoded in the protocol of the request."""
-        k = predicted.request.top_k or self.spec.top_k
+        request = predicted.request
+        k = request.top_k or self.defaults.top_k
         results = [top_k(row, self.spec.labels, k) for row in predicted.rows]
-        if predicted.request.protocol == "v1":
+        if request.protocol == "v1":
             return codec.encode_v1(results)
-        return codec.encode_v2(predicted.request, self.name, results)
+        answer = codec.encode_v2(request, self.name, self.spec.version, results)
+        if request.protocol == "grpc":
+            return codec.to_infer_response(answer, request)
+        return answer
 
     def _admitting(self) -> DynamicBatcher:
         if self.draining:
-            raise Draining("server is shutting down; retry on another replica")
-        if self.batcher is None or not self.ready or self.broken:
+            raise Draining(f"model {self.name} is shutting down or unloading; retry shortly")
+        if not self.ready or self.broken:
             raise NotReady(f"model {self.name} is not ready")
         return self.batcher

@@ -11,6 +11,7 @@ A model directory holds ``model.json`` (the manifest) and the files it names::
                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
       "labels": "labels.txt",              # one label per line
       "top_k": 5,
+      "version": "1",                      # the version the v2 routes report (default "1")
       "jit": true                          # may run as a TorchScript trace (default)
     }
 
@@ -25,15 +26,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 MANIFEST = "model.json"
 TASKS = ("classification",)
 COLORS = ("RGB", "L")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+DEFAULT_VERSION = "1"
 
 
 class ModelStoreError(ValueError):
@@ -77,6 +77,7 @@ class ModelSpec:
         input: preprocessing spec.
         labels: class labels, index = class id.
         top_k: default number of classes returned.
+        version: the model version the v2 routes report and accept.
         arch: architecture name when weights are a state dict.
         arch_kwargs: builder arguments.
         weights: state-dict file, when ``arch`` is set.
@@ -92,6 +93,7 @@ class ModelSpec:
     input: InputSpec
     labels: tuple[str, ...]
     top_k: int
+    version: str = DEFAULT_VERSION
     arch: str | None = None
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: Path | None = None
@@ -104,11 +106,42 @@ class ModelSpec:
         return self.arch or f"exported:{self.program.name if self.program else '?'}"
 
 
-def discover(model_dir: Path, model_name: str | None = None) -> list[ModelSpec]:
-    """Find the models under ``model_dir``.
+def scan(model_dir: Path, model_name: str | None = None) -> dict[str, Path]:
+    """The model directories under ``model_dir`` by served name, without reading them.
 
     ``model_dir`` is either one model directory (it holds ``model.json``; KServe mounts it at
-    ``/mnt/models``) or a folder of model directories, each served under its directory name.
+    ``/mnt/models``), served as ``model_name`` or under its own name, or a folder of model
+    directories, each served under its directory name (``model_name`` applies only when the
+    folder holds exactly one).
+
+    Args:
+        model_dir: the directory to search.
+        model_name: served name when exactly one model is found.
+
+    Returns:
+        Directories by name, sorted by name; empty when none is there (yet).
+
+    Raises:
+        ModelStoreError: ``model_name`` is given but several models are found.
+    """
+    if (model_dir / MANIFEST).is_file():
+        return {model_name or model_dir.resolve().name: model_dir}
+    try:
+        candidates = sorted(p for p in model_dir.iterdir() if (p / MANIFEST).is_file())
+    except OSError as exc:
+        raise ModelStoreError(f"cannot list {model_dir}: {exc.strerror}") from None
+    if model_name is not None and len(candidates) > 1:
+        raise ModelStoreError(
+            f"--model-name {model_name!r} needs a single model, but {model_dir} holds "
+            f"{len(candidates)}: {', '.join(p.name for p in candidates)}"
+        )
+    if model_name is not None and candidates:
+        return {model_name: candidates[0]}
+    return {p.name: p for p in candidates}
+
+
+def discover(model_dir: Path, model_name: str | None = None) -> list[ModelSpec]:
+    """Find and read every model under ``model_dir`` (see :func:`scan`).
 
     Args:
         model_dir: the directory to search.
@@ -120,24 +153,12 @@ def discover(model_dir: Path, model_name: str | None = None) -> list[ModelSpec]:
     Raises:
         ModelStoreError: no model found, a manifest is invalid, or names clash.
     """
-    if (model_dir / MANIFEST).is_file():
-        candidates = [model_dir]
-    else:
-        candidates = sorted(p for p in model_dir.iterdir() if (p / MANIFEST).is_file())
-    if not candidates:
+    found = scan(model_dir, model_name)
+    if not found:
         raise ModelStoreError(
             f"no model found in {model_dir}: expected {MANIFEST} there or in its subdirectories"
         )
-    if model_name is not None and len(candidates) > 1:
-        raise ModelStoreError(
-            f"--model-name {model_name!r} needs a single model, but {model_dir} holds "
-            f"{len(candidates)}: {', '.join(p.name for p in candidates)}"
-        )
-    if candidates == [model_dir]:
-        specs = [read_manifest(model_dir, model_name or model_dir.resolve().name)]
-    else:
-        specs = [read_manifest(p, model_name or p.name) for p in candidates]
-    return sorted(specs, key=lambda s: s.name)
+    return [read_manifest(path, name) for name, path in found.items()]
 
 
 def read_manifest(directory: Path, name: str) -> ModelSpec:
@@ -207,6 +228,9 @@ def _parse(directory: Path, name: str, raw: dict[str, Any]) -> ModelSpec:
     if top_k < 1:
         raise ModelStoreError("top_k must be >= 1")
 
+    version = raw.get("version", DEFAULT_VERSION)
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        raise ModelStoreError("version must be text: letters, digits, '_', '.', '-' (1-32)")
     arch, program, weights = raw.get("arch"), raw.get("program"), raw.get("weights")
     if (arch is None) == (program is None):
         raise ModelStoreError("set exactly one of 'arch' (with 'weights') or 'program'")
@@ -219,6 +243,7 @@ def _parse(directory: Path, name: str, raw: dict[str, Any]) -> ModelSpec:
         input=spec_input,
         labels=labels,
         top_k=min(top_k, len(labels)),
+        version=version,
         arch=arch,
         arch_kwargs=dict(raw.get("arch_kwargs", {})),
         weights=safe_path(directory, weights, "weights") if weights is not None else None,

@@ -53,18 +53,23 @@ class Pipeline(nn.Module):
         return probs
 
 
-def trace(pipeline: Pipeline, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """TorchScript-trace and freeze ``pipeline``.
+def trace(
+    pipeline: Pipeline, example: torch.Tensor, freeze: bool = True
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """TorchScript-trace ``pipeline``, and freeze the trace when ``freeze``.
 
     Deprecated upstream, yet still the way to run a whole forward without the GIL from
-    eager PyTorch; callers fall back to eager execution when it fails.
+    eager PyTorch; callers fall back to eager execution when it fails. Freezing folds the
+    weights into the graph as constants (a few % faster on CPU), and PyTorch never frees
+    those constants, even after the module is gone (pytorch/pytorch#96726): a model that
+    may be unloaded is traced without freezing.
     """
     from torch.jit._trace import TracerWarning
 
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         traced = torch.jit.trace(pipeline, example, check_trace=False)  # type: ignore[no-untyped-call]
-        frozen = torch.jit.freeze(traced)
+        frozen = torch.jit.freeze(traced) if freeze else traced
     for warning in caught:
         # Python control flow on tensor values (or similar) was baked into the trace.
         if issubclass(warning.category, TracerWarning):

@@ -1,11 +1,12 @@
-"""Runs KServe's REST and gRPC servers over the built models, and owns the drain.
+"""Runs the REST and gRPC servers over the model repository, and owns the drain.
 
-KServe provides the protocol surface (its ``DataPlane``, v1/v2 REST routes, v2 gRPC
-servicer, ``InferRequest``/``InferResponse`` types). ``kserve.ModelServer.start`` is not
-used: it hands SIGTERM to uvicorn, which closes the listener at once, and it cannot drain.
-Here the process owns its signals: on SIGTERM the models stop reporting ready, new requests
-get 503 + Retry-After while the listener stays open, every admitted request is answered,
-and the process exits 0 within ``--drain-timeout-s``.
+The REST edge (:mod:`predictor.http_edge`) routes every request itself and the gRPC
+service (:mod:`predictor.grpc_service`) answers KServe's v2 messages; both serve the
+models the repository (:mod:`predictor.repository`) publishes. ``kserve.ModelServer.start``
+is not used: it hands SIGTERM to uvicorn, which closes the listener at once, and it cannot
+drain. Here the process owns its signals: on SIGTERM the models stop reporting ready, new
+requests get 503 + Retry-After while the listener stays open, every admitted request is
+answered, and the process exits 0 within ``--drain-timeout-s``.
 """
 
 from __future__ import annotations
@@ -16,78 +17,39 @@ import gc
 import logging
 import os
 import signal
-import warnings
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 import uvicorn
-from fastapi import FastAPI, Request
 from grpc import aio
-from kserve.model_repository import ModelRepository
-from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-from kserve.protocol.grpc.servicer import InferenceServicer
-from kserve.protocol.model_repository_extension import ModelRepositoryExtension
-from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
-from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
-from prometheus_client import REGISTRY, exposition
-from starlette.responses import JSONResponse, Response
+from prometheus_client import REGISTRY
 
-from predictor import __version__
-from predictor.build import build_models
+from predictor import docs_page
 from predictor.config import Settings, available_cpus
-from predictor.dataplane import HardenedDataPlane
 from predictor.decode_pool import DecodePool
 from predictor.grpc_edge import GrpcEdge
-from predictor.http_edge import HttpEdge, install_error_handlers
+from predictor.grpc_service import GrpcService, add_to_server
+from predictor.http_api import HttpApi, routes
+from predictor.http_edge import HttpEdge
+from predictor.http_routes import Router
 from predictor.metrics import GpuCollector, Metrics
 from predictor.model import ImageModel
+from predictor.repository import Repository
 from predictor.state import ServingState
 from predictor.threads import name_current_thread
 
 log = logging.getLogger("predictor")
 
 
-def build_app(
-    state: ServingState, dataplane: DataPlane, extension: ModelRepositoryExtension
-) -> FastAPI:
-    """KServe's REST routes plus the predictor's health, readiness and metrics routes."""
-    app = FastAPI(
-        title="gpu-predictor",
-        version=__version__,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
-
-    async def live() -> Response:
-        ok = state.live()
-        body = {"live": ok, "status": "alive" if ok else "failing"}
-        return JSONResponse(body, status_code=200 if ok else 503)
-
-    async def ready() -> Response:
-        ok = not state.draining and all([await m.healthy() for m in state.models.values()])
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-    async def metrics(request: Request) -> Response:
-        encoder, content_type = exposition.choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(REGISTRY), headers={"content-type": content_type})
-
-    app.add_api_route("/", live, methods=["GET"])
-    app.add_api_route("/v2/health/live", live, methods=["GET"])
-    app.add_api_route("/v2/health/ready", ready, methods=["GET"])
-    app.add_api_route("/metrics", metrics, methods=["GET"])
-    register_v1_endpoints(app, dataplane, extension)
-    register_v2_endpoints(app, dataplane, extension)
-    # Models are fixed at start; KServe's repository load/unload routes would let any client
-    # unload a model, so they are not served.
-    app.router.routes[:] = [
-        r for r in app.router.routes if not getattr(r, "path", "").startswith("/v2/repository")
-    ]
-    install_error_handlers(app)
-    return app
+def build_router(settings: Settings, state: ServingState, repository: Repository) -> Router:
+    """Every REST route this configuration serves (the docs page's too, when on)."""
+    api = HttpApi(settings, state, repository)
+    table = routes(api)
+    if settings.docs:
+        table += docs_page.routes(table)
+    return Router(table)
 
 
 class _UvicornServer(uvicorn.Server):
@@ -98,21 +60,17 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
-async def _run(settings: Settings, state: ServingState) -> int:
+async def _run(
+    settings: Settings, state: ServingState, repository: Repository, loaded: list[ImageModel]
+) -> int:
     loop = asyncio.get_running_loop()
-    models = state.models
-    for model in models.values():
-        model.start_batcher()
-    repository = ModelRepository(models_dir=str(settings.model_dir))
-    for model in models.values():
-        repository.update(model)
-    dataplane = HardenedDataPlane(model_registry=repository)
-    extension = ModelRepositoryExtension(model_registry=repository)
-    app = build_app(state, dataplane, extension)
+    for model in loaded:
+        repository.publish(model)
+    router = build_router(settings, state, repository)
 
     http = _UvicornServer(
         uvicorn.Config(
-            HttpEdge(app, state, dataplane, settings.max_body_bytes),
+            HttpEdge(router, state, settings.max_body_bytes),
             host=settings.host,
             port=settings.http_port,
             log_config=None,
@@ -134,8 +92,10 @@ async def _run(settings: Settings, state: ServingState) -> int:
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ],
         )
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(dataplane, extension), grpc_server
+        add_to_server(
+            grpc_server,
+            GrpcService(state, repository),
+            repository_rpcs=settings.model_control == "explicit",
         )
         grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         await grpc_server.start()
@@ -163,23 +123,23 @@ async def _run(settings: Settings, state: ServingState) -> int:
         stop_task.cancel()
         error = http_task.exception()
         log.error("HTTP server stopped: %s", error or "unexpectedly")
-        await _close(models, grpc_server, 0)
+        await _close(repository, grpc_server, 0)
         return 1
 
-    drained_s = await _drain(state, models, settings.drain_timeout_s)
+    drained_s = await _drain(state, settings.drain_timeout_s)
     http.should_exit = True
     await asyncio.gather(http_task, return_exceptions=True)
-    await _close(models, grpc_server, 1)
+    await _close(repository, grpc_server, 1)
     log.info("stopped after a %.2f s drain", drained_s)
     return 0
 
 
-async def _drain(state: ServingState, models: Mapping[str, ImageModel], timeout_s: float) -> float:
+async def _drain(state: ServingState, timeout_s: float) -> float:
     """Refuse new work, wait for in-flight requests (up to ``timeout_s``); seconds taken."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     state.draining = True
-    for model in models.values():
+    for model in list(state.models.values()):
         model.begin_drain()
     log.info("draining %d in-flight request(s), up to %.0f s", state.total_inflight, timeout_s)
     if state.total_inflight > 0:
@@ -190,14 +150,10 @@ async def _drain(state: ServingState, models: Mapping[str, ImageModel], timeout_
     return loop.time() - started
 
 
-async def _close(
-    models: Mapping[str, ImageModel], grpc_server: aio.Server | None, grace_s: float
-) -> None:
+async def _close(repository: Repository, grpc_server: aio.Server | None, grace_s: float) -> None:
     if grpc_server is not None:
         await grpc_server.stop(grace=grace_s)
-    for model in models.values():
-        if model.batcher is not None:
-            await model.batcher.stop()
+    await repository.close()
 
 
 def serve(settings: Settings) -> int:
@@ -206,32 +162,32 @@ def serve(settings: Settings) -> int:
     Returns:
         The process exit code: 0 after a clean drain.
     """
-    # KServe's routes use FastAPI's ORJSONResponse, deprecated upstream; not actionable here.
-    warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
     if "OMP_NUM_THREADS" not in os.environ:
         # torch sizes its CPU thread pool to the node's cores, not the pod's CPU limit.
         torch.set_num_threads(available_cpus())
     state = ServingState(models={}, metrics=Metrics(settings), auth_token=settings.auth_token())
-    decode_pool = DecodePool(settings.effective_decode_workers)
-    models = build_models(settings, state, decode_pool)
-    state.models = models
-    # torch, KServe and the models leave millions of long-lived objects; a full collection
-    # walking them stalled every request for ~0.25 s every few seconds under load. Frozen
-    # objects are never scanned again.
+    # Importing torch and KServe leaves ~300k long-lived objects; a full collection walking
+    # them stalled every request for ~0.25 s every few seconds under load. Frozen objects
+    # are never scanned again. Models are not frozen (about a thousand objects each), so an
+    # unloaded model's memory is collected without unfreezing, and without that stall.
     gc.collect()
     gc.freeze()
-    cuda = sorted({d for m in models.values() for d in m.devices() if d.startswith("cuda")})
-    if cuda:
-        REGISTRY.register(GpuCollector([(d, int(d.split(":")[1])) for d in cuda]))
+    decode_pool = DecodePool(settings.effective_decode_workers)
+    repository = Repository(settings, state, decode_pool)
+    loaded = repository.load_at_start(settings.models_to_load())
+    # Every visible GPU, not only those of the models loaded now: more may load later.
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        REGISTRY.register(GpuCollector([(f"cuda:{i}", i) for i in range(gpus)]))
     log.info(
         "serving %s on http://%s:%d (gRPC %s)",
-        ", ".join(models),
+        ", ".join(m.name for m in loaded) or "no model yet",
         settings.host,
         settings.http_port,
         settings.grpc_port if settings.enable_grpc else "off",
     )
     try:
-        return _event_loop_run(_run(settings, state))
+        return _event_loop_run(_run(settings, state, repository, loaded))
     finally:
         decode_pool.shutdown()
 

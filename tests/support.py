@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,6 +13,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -159,3 +162,33 @@ def digit_samples() -> dict[int, bytes]:
         int(p.stem.split("-")[1]): p.read_bytes()
         for p in sorted((DIGITS / "samples").glob("*.png"))
     }
+
+
+def console_examples(markdown: str) -> list[tuple[str, list[str]]]:
+    """``(command, expected output lines)`` of every ``$ command`` in ``console`` blocks."""
+    examples: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```console\n(.*?)```", markdown, flags=re.S):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                examples.append((line[2:], []))
+            elif examples and line:
+                examples[-1][1].append(line)
+    return examples
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    if isinstance(value, dict):
+        return {k: "<uuid>" if k == "id" else _normalise(v) for k, v in value.items()}
+    return value
+
+
+def same_output(actual: str, expected: str) -> bool:
+    """JSON compared with floats rounded to 3 places and any ``id`` matching; else text."""
+    try:
+        return bool(_normalise(json.loads(actual)) == _normalise(json.loads(expected)))
+    except json.JSONDecodeError:
+        return actual.strip() == expected.strip()

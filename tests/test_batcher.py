@@ -52,7 +52,7 @@ def make(
     delay_s: float = 10.0,
     capacity: int = 64,
 ) -> DynamicBatcher:
-    workers = [Worker(f"dev{i}", r) for i, r in enumerate(runners)]
+    workers = [Worker(f"dev{i}", 0, r) for i, r in enumerate(runners)]
     batcher = DynamicBatcher(workers, max_batch, delay_s, capacity)
     batcher.start()
     return batcher

@@ -217,6 +217,8 @@ def test_env_vars_carry_the_values_and_parse_as_settings() -> None:
             "decodeWorkers": 8,
             "logLevel": "DEBUG",
             "grpc": {"enabled": False},
+            "modelControl": "explicit",
+            "docs": False,
         }
     )
     env = r.env
@@ -230,6 +232,8 @@ def test_env_vars_carry_the_values_and_parse_as_settings() -> None:
     assert env["PREDICTOR_DECODE_WORKERS"] == "8"
     assert env["PREDICTOR_LOG_LEVEL"] == "DEBUG"
     assert env["PREDICTOR_ENABLE_GRPC"] == "false"
+    assert env["PREDICTOR_MODEL_CONTROL"] == "explicit"
+    assert env["PREDICTOR_DOCS"] == "false"
     assert [p["containerPort"] for p in r.container["ports"]] == [8080]
     # Every PREDICTOR_* variable names a real setting and parses as the predictor would.
     fields = {f"PREDICTOR_{name.upper()}" for name in known_fields()}
@@ -239,6 +243,9 @@ def test_env_vars_carry_the_values_and_parse_as_settings() -> None:
     assert isinstance(settings, Settings)
     assert (settings.max_batch_size, settings.queue_capacity) == (16, 1_000_000)
     assert (settings.dtype, settings.max_batch_delay_ms) == ("bfloat16", 2.5)
+    assert (settings.model_control, settings.docs) == ("explicit", False)
+    defaults = render({}).env
+    assert (defaults["PREDICTOR_MODEL_CONTROL"], defaults["PREDICTOR_DOCS"]) == ("none", "true")
 
 
 def test_probes_name_the_model_and_outlast_startup() -> None:
@@ -666,6 +673,12 @@ REFUSED: list[tuple[str, dict[str, Any], type[helm.HelmError], str]] = [
         "auth.enabled needs auth.existingSecret .* or auth.token",
     ),
     (
+        "unknown model control",
+        {"modelControl": "poll"},
+        helm.HelmValuesError,
+        "at '/modelControl': value must be one of 'none', 'explicit'",
+    ),
+    (
         "release name starting with a digit",
         {"fullnameOverride": "9lives"},
         helm.HelmValuesError,
@@ -778,6 +791,19 @@ def test_notes_give_the_real_port_and_a_working_curl(digits_server: PredictorPro
     assert response.status_code == 200, response.text
     (top,) = response.json()["predictions"]
     assert top[0]["label"] == "7", "the chart's sample is a handwritten 7"
+
+
+def test_notes_show_the_repository_api_only_when_it_is_served() -> None:
+    assert "/v2/repository" not in render().notes
+    notes = render({"modelControl": "explicit"}).notes
+    assert "curl -s -X POST http://127.0.0.1:8080/v2/repository/index" in notes
+    with_auth = render(
+        {"modelControl": "explicit", "auth": {"enabled": True, "existingSecret": "tok"}}
+    ).notes
+    assert (
+        'curl -s -X POST -H "Authorization: Bearer $TOKEN" '
+        "http://127.0.0.1:8080/v2/repository/models/<name>/load"
+    ) in with_auth
 
 
 def test_notes_with_auth_fetch_the_token() -> None:

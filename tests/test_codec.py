@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 
-from predictor import codec
+from predictor import codec, rest_v2
 from predictor.errors import BadInput
 from predictor.postprocess import top_k
 
@@ -188,9 +190,12 @@ def test_encode_v2_rest_and_grpc() -> None:
         top_k(np.array([0.5, 0.2, 0.3], np.float32), ["a", "b", "c"], 2),
     ]
     rest_request = codec.ImageRequest("v2", [IMG_A, IMG_B], request_id="abc")
-    body, _ = codec.encode_v2(rest_request, "m", results).to_rest()
-    assert isinstance(body, dict)
+    raw, headers = rest_v2.encode_answer(codec.encode_v2(rest_request, "m", "1", results))
+    assert headers == [(b"content-type", b"application/json")]
+    body = json.loads(raw)
     assert body["id"] == "abc"
+    assert body["model_version"] == "1"
+    assert "parameters" not in body  # no nulls: the OIP schema wants an object or nothing
     outputs = {o["name"]: o for o in body["outputs"]}
     assert outputs["labels"] == {
         "name": "labels",
@@ -202,7 +207,9 @@ def test_encode_v2_rest_and_grpc() -> None:
     assert outputs["scores"]["datatype"] == "FP32"
 
     grpc_req = codec.decode_request(grpc_request([IMG_A, IMG_B]))
-    message = codec.encode_v2(grpc_req, "m", results).to_grpc()
+    answer = codec.encode_v2(grpc_req, "m", "1", results)
+    message = codec.to_infer_response(answer, grpc_req).to_grpc()
+    assert message.model_version == "1"
     decoded = InferResponse.from_grpc(message)
     labels = decoded.get_output_by_name("labels")
     scores = decoded.get_output_by_name("scores")
@@ -210,6 +217,121 @@ def test_encode_v2_rest_and_grpc() -> None:
     assert scores is not None
     assert labels.as_numpy().tolist() == [[b"b", b"c"], [b"a", b"c"]]
     np.testing.assert_allclose(scores.as_numpy(), [[0.7, 0.2], [0.5, 0.3]], rtol=1e-6)
+
+
+def _binary_body(header: dict[str, Any], tail: bytes) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps(header).encode()
+    return head + tail, {rest_v2.HEADER_LENGTH: str(len(head))}
+
+
+def test_rest_binary_extension_bytes_and_fp32_inputs() -> None:
+    raw = b"".join(len(i).to_bytes(4, "little") + i for i in (IMG_A, IMG_B))
+    body, headers = _binary_body(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [2],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [
+                {"name": "scores", "parameters": {"binary_data": True}},
+                {"name": "labels"},
+            ],
+        },
+        raw,
+    )
+    request = codec.decode_request(rest_v2.parse_request(body, headers, "m"), headers)
+    assert request.images == [IMG_A, IMG_B]
+    assert request.requested_outputs == {"scores": True, "labels": None}
+
+    tensor = np.arange(12, dtype="<f4").reshape(1, 3, 2, 2)
+    body, headers = _binary_body(
+        {
+            "inputs": [
+                {
+                    "name": "tensor",
+                    "datatype": "FP32",
+                    "shape": [1, 3, 2, 2],
+                    "parameters": {"binary_data_size": tensor.nbytes},
+                }
+            ],
+        },
+        tensor.tobytes(),
+    )
+    request = codec.decode_request(rest_v2.parse_request(body, headers, "m"), headers)
+    np.testing.assert_array_equal(request.images[0], tensor[0])
+
+
+@pytest.mark.parametrize(
+    ("header", "tail", "message"),
+    [
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "i",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": 9},
+                    }
+                ]
+            },
+            b"abc",
+            "runs past",
+        ),
+        (
+            {"inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": ["QQ=="]}]},
+            b"extra",
+            "no input declares",
+        ),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "i",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": [],
+                        "parameters": {"binary_data_size": 0},
+                    }
+                ]
+            },
+            b"",
+            "both",
+        ),
+        ({"inputs": [{"name": "i", "datatype": "BYTES", "shape": [1]}]}, b"", "needs data"),
+        ({"inputs": []}, b"", "non-empty"),
+        (
+            {
+                "inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": ["QQ=="]}],
+                "outputs": [{"name": "nope"}],
+            },
+            b"",
+            "unknown output",
+        ),
+    ],
+)
+def test_rest_binary_extension_errors(header: dict[str, Any], tail: bytes, message: str) -> None:
+    body, headers = _binary_body(header, tail)
+    with pytest.raises(BadInput, match=message):
+        codec.decode_request(rest_v2.parse_request(body, headers, "m"), headers)
+
+
+def test_binary_outputs_follow_the_request() -> None:
+    results = [top_k(np.array([0.1, 0.7, 0.2], np.float32), ["a", "bee", "c"], 2)]
+    request = codec.ImageRequest(
+        "v2", [IMG_A], binary_outputs=True, requested_outputs={"labels": None, "scores": False}
+    )
+    raw, headers = rest_v2.encode_answer(codec.encode_v2(request, "m", "1", results))
+    length = int(dict(headers)[rest_v2.HEADER_LENGTH.encode()])
+    head = json.loads(raw[:length])
+    assert [o["name"] for o in head["outputs"]] == ["labels", "scores"]
+    assert head["outputs"][0]["parameters"] == {"binary_data_size": len(raw) - length}
+    assert head["outputs"][1]["data"] == pytest.approx([0.7, 0.2])
+    assert raw[length:] == b"\x03\x00\x00\x00bee\x01\x00\x00\x00c"
 
 
 def test_protocol_labels() -> None:

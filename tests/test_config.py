@@ -80,11 +80,43 @@ def test_auth_token_is_stripped(tmp_path: Path) -> None:
             "must be below --request-timeout-ms",
         ),
         ({"auth_token_file": "/nonexistent/token"}, "is not a readable file"),
+        ({"model_control": "poll"}, "--model-control must be one of none, explicit"),
+        ({"load_models": "a,,b"}, "--load-models must be all, none or a comma-separated"),
+        ({"load_models": "none"}, "--load-models none serves nothing unless"),
+        ({"docs": "maybe"}, "--docs: invalid value 'maybe'"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(flags: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace("[", r"\[")):
         resolve({"model_dir": str(DIGITS), **flags})
+
+
+def test_model_management_settings() -> None:
+    defaults = resolve({"model_dir": str(DIGITS)})
+    assert (defaults.model_control, defaults.load_models, defaults.docs) == ("none", "all", True)
+    assert defaults.models_to_load() is None
+    explicit = resolve(
+        {"model_dir": str(DIGITS), "model_control": "explicit", "load_models": "none"}
+    )
+    assert explicit.models_to_load() == []
+    named = resolve({"model_dir": str(DIGITS)}, {"PREDICTOR_LOAD_MODELS": "digits,resnet-50"})
+    assert named.models_to_load() == ["digits", "resnet-50"]
+
+
+def test_cli_refuses_a_model_to_load_that_is_not_there() -> None:
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "predictor", "serve"),
+            *("--model-dir", str(DIGITS.parent), "--load-models", "digits,nope"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--load-models: no model directory for nope" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_env_var_errors_name_the_variable() -> None:

@@ -30,14 +30,12 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from kserve.errors import InvalidInput
-from kserve.model_repository import ModelRepository
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image
 
-from predictor import codec, preprocess
-from predictor.dataplane import HardenedDataPlane
+from predictor import codec, preprocess, rest_v2
 from predictor.errors import BadInput, PredictorError, TooLarge
 from predictor.model_store import InputSpec
 from tests.fuzz import corpus
@@ -385,8 +383,8 @@ def test_grpc_requests(message: pb.ModelInferRequest, headers: dict[str, str]) -
 
 
 @st.composite
-def kserve_bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str], str]:
-    """Raw bodies and headers as KServe's REST routes hand them to its data plane."""
+def rest_v2_bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
+    """Raw v2 REST bodies and headers: JSON, or the binary extension with any framing."""
     header: object = draw(
         st.fixed_dictionaries(
             {
@@ -403,41 +401,22 @@ def kserve_bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str], str]:
         | json_values
     )
     head = json.dumps(header, default=str).encode()
+    if draw(st.booleans()):
+        return head, {"content-type": "application/json"}
     tail = draw(raw_contents("BYTES") | st.binary(max_size=64))
-    route = draw(st.sampled_from(["binary-extension", "cloudevent", "v1-json"]))
-    if route == "binary-extension":
-        length = draw(st.just(str(len(head))) | st.text(max_size=6) | st.integers(-5, 500).map(str))
-        headers = {
-            "inference-header-content-length": length,
-            "content-type": "application/octet-stream",
-        }
-        return head + tail, headers, "v2"
-    if route == "cloudevent":
-        headers = {
-            "ce-specversion": draw(st.sampled_from(["1.0", "0.3", MARKER])),
-            "ce-id": "1",
-            "ce-source": "s",
-            "ce-type": "t",
-            "content-type": draw(st.sampled_from(["application/json", "image/png", "text/plain"])),
-        }
-        return draw(st.sampled_from([head, tail, head + tail])), headers, "v1"
-    return head, {"content-type": "application/json"}, "v1"
+    length = draw(st.just(str(len(head))) | st.text(max_size=6) | st.integers(-5, 500).map(str))
+    return head + tail, {"inference-header-content-length": length}
 
 
 @PROFILE
-@given(request=kserve_bodies())
-def test_kserve_decoding_of_any_body_is_a_4xx(request: tuple[bytes, dict[str, str], str]) -> None:
-    """KServe's own parsing (before the model) fails only with 400s behind the hardening."""
-    body, headers, protocol = request
-    plane = HardenedDataPlane(model_registry=ModelRepository())
-    try:
-        decoded, _ = plane.decode(body, headers, protocol, "digits")
-    except InvalidInput:
-        return  # KServe's own 400, answered by the HTTP edge as BadInput
-    except PredictorError as exc:
-        check_client_error(exc)
+@given(request=rest_v2_bodies())
+def test_any_v2_rest_body_decodes_or_is_a_4xx(request: tuple[bytes, dict[str, str]]) -> None:
+    """The server's own v2 REST parsing (JSON and binary extension) fails only with 400s."""
+    body, headers = request
+    infer = client_error_or(lambda: rest_v2.parse_request(body, headers, "digits"))
+    if infer is None:
         return
-    result = client_error_or(lambda: codec.decode_request(decoded, headers))
+    result = client_error_or(lambda: codec.decode_request(infer, headers))
     if result is not None:
         check_request(result)
 

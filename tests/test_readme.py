@@ -8,48 +8,17 @@ floats rounded to three places and ``"<uuid>"`` matching any id.
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 
-from tests.support import ROOT, PredictorProcess
+from tests.support import ROOT, PredictorProcess, console_examples, same_output
 
 README = (ROOT / "README.md").read_text()
 
 
-def console_examples() -> list[tuple[str, list[str]]]:
-    examples: list[tuple[str, list[str]]] = []
-    for block in re.findall(r"```console\n(.*?)```", README, flags=re.S):
-        for line in block.splitlines():
-            if line.startswith("$ "):
-                examples.append((line[2:], []))
-            elif examples and line:
-                examples[-1][1].append(line)
-    return examples
-
-
-EXAMPLES = console_examples()
-
-
-def normalise(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, list):
-        return [normalise(v) for v in value]
-    if isinstance(value, dict):
-        return {k: "<uuid>" if k == "id" else normalise(v) for k, v in value.items()}
-    return value
-
-
-def same_output(actual: str, expected: str) -> bool:
-    try:
-        return bool(normalise(json.loads(actual)) == normalise(json.loads(expected)))
-    except json.JSONDecodeError:
-        return actual.strip() == expected.strip()
+EXAMPLES = console_examples(README)
 
 
 def test_readme_has_an_example_for_every_route() -> None:

@@ -1,0 +1,160 @@
+"""``multipart/form-data`` uploads (``curl -F image=@cat.jpg``): file parts become images.
+
+Every part is an image, whatever its field name, except the form fields named like a
+request parameter (``top_k``, ``timeout_ms``; or ``parameters``, a JSON object), which set
+that parameter. The body is already bounded by ``--max-body-bytes`` when it arrives here,
+and each image still goes through the pixel limit before it is decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from predictor.errors import BadInput, TooLarge
+
+#: Form fields read as request parameters rather than images.
+PARAMETER_FIELDS = ("top_k", "timeout_ms")
+#: Headers one part may carry, and their size (python-multipart enforces both).
+MAX_PART_HEADERS = 8
+MAX_PART_HEADER_BYTES = 4096
+
+
+@dataclass
+class Part:
+    """One part of the form.
+
+    Attributes:
+        name: the form field name (``Content-Disposition: form-data; name=...``).
+        filename: the file name the client gave, if any.
+        data: the part's bytes.
+    """
+
+    name: str = ""
+    filename: str | None = None
+    data: bytes = b""
+
+    @property
+    def label(self) -> str:
+        """How error messages name this part (never its content)."""
+        shown = f"part {_short(self.name)!r}"
+        return f"{shown} ({_short(self.filename)})" if self.filename else shown
+
+
+@dataclass
+class Upload:
+    """A parsed upload: the images (with their labels) and the parameters of the form."""
+
+    images: list[bytes] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _short(text: str) -> str:
+    printable = "".join(c if c.isprintable() else "?" for c in text)
+    return printable[:60] + ("..." if len(printable) > 60 else "")
+
+
+def parse(body: bytes, content_type: str, max_images: int) -> Upload:
+    """Split a ``multipart/form-data`` body into images and parameters.
+
+    Args:
+        body: the whole request body.
+        content_type: the request's ``Content-Type`` header (it carries the boundary).
+        max_images: more image parts than this is a 413.
+
+    Raises:
+        BadInput: no boundary, malformed framing, no image part, a bad parameter field.
+        TooLarge: more image parts than ``max_images``.
+    """
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary or len(boundary) > 200:
+        raise BadInput("multipart/form-data needs a boundary in its Content-Type")
+    parts = _split(body, boundary)
+    upload = Upload()
+    for part in parts:
+        if part.filename is None and part.name in PARAMETER_FIELDS:
+            upload.parameters[part.name] = part.data.decode("ascii", "replace").strip()
+        elif part.filename is None and part.name == "parameters":
+            try:
+                document = orjson.loads(part.data)
+            except orjson.JSONDecodeError:
+                raise BadInput("the 'parameters' part is not valid JSON") from None
+            if not isinstance(document, dict):
+                raise BadInput("the 'parameters' part must be a JSON object")
+            upload.parameters.update(document)
+        else:
+            upload.images.append(part.data)
+            upload.labels.append(part.label)
+    if not upload.images:
+        raise BadInput("the form holds no image part (send files, e.g. curl -F image=@cat.jpg)")
+    if len(upload.images) > max_images:
+        raise TooLarge(f"the form holds {len(upload.images)} images; the limit is {max_images}")
+    return upload
+
+
+def _split(body: bytes, boundary: bytes) -> list[Part]:
+    parts: list[Part] = []
+    chunks: list[bytes] = []
+    header: dict[str, bytes] = {"field": b"", "value": b""}
+    headers: dict[bytes, bytes] = {}
+    ended = False
+
+    def on_part_begin() -> None:
+        chunks.clear()
+        headers.clear()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        headers[header["field"].strip().lower()] = header["value"].strip()
+        header["field"] = header["value"] = b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        chunks.append(data[start:end])
+
+    def on_part_end() -> None:
+        part = Part(data=b"".join(chunks))
+        disposition = headers.get(b"content-disposition")
+        if disposition is not None:
+            _, options = parse_options_header(disposition)
+            part.name = options.get(b"name", b"").decode("utf-8", "replace")
+            filename = options.get(b"filename")
+            part.filename = None if filename is None else filename.decode("utf-8", "replace")
+        parts.append(part)
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_end": on_end,
+        },
+        max_header_count=MAX_PART_HEADERS,
+        max_header_size=MAX_PART_HEADER_BYTES,
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError:
+        raise BadInput("malformed multipart/form-data body") from None
+    if not ended:
+        raise BadInput("multipart/form-data body ends before its closing boundary")
+    return parts
