@@ -2,7 +2,7 @@ r"""Where a loaded predictor's CPU goes: per thread role, per image answered.
 
 Drives a closed-loop load (as ``loadgen.py`` does) and reads the server's per-thread CPU
 time from ``/proc/<pid>/task`` at the start and end of the measured window. Threads are
-grouped by the names the predictor gives them (``predictor/threads.py``): the main thread
+grouped by the names the predictor gives them (``predictor/runtime/threads.py``): the main thread
 runs the event loop (HTTP, KServe's data plane, codec, batcher), ``decode-*`` the decode
 pool, ``engine-*`` the device workers, ``grpc*`` and the rest everything else. The images
 run are read from the server's own ``predictor_batch_size`` histogram over the same window.

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from predictor import __version__
-from predictor.config import SettingsError, add_serve_arguments, settings_from
+from predictor.config import SettingsError, add_serve_arguments, check_paths, settings_from
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         try:
             settings = settings_from(args)
+            check_paths(settings)
         except SettingsError as exc:
             parser.exit(2, f"gpu-predictor serve: error: {exc}\n")
         logging.basicConfig(
@@ -89,15 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         with _bare_argv():
             from predictor import server
-            from predictor.devices import DeviceError
-            from predictor.model_store import ModelStoreError
+            from predictor.runtime.devices import DeviceError
+            from predictor.store.manifest import ModelStoreError
         try:
             return server.serve(settings)
         except (DeviceError, ModelStoreError) as exc:
             parser.exit(2, f"gpu-predictor serve: error: {exc}\n")
     if args.command == "export":
         logging.basicConfig(level="INFO", format="%(message)s")
-        from predictor.export import ExportError, export_model
+        from predictor.store.export import ExportError, export_model
 
         try:
             export_model(args.arch, args.output, args.weights, args.format, args.top_k)

@@ -1,20 +1,25 @@
 """Server settings: one frozen dataclass, filled from CLI flags and ``PREDICTOR_*`` env vars.
 
+Each setting is declared once, as a field of :class:`Settings` whose metadata carries its
+help text and parser: the flag (``--max-batch-delay-ms``), the environment variable
+(``PREDICTOR_MAX_BATCH_DELAY_MS``) and ``--help`` all come from that one declaration.
 Precedence is flag, then environment variable, then default. Every value is validated
 eagerly, cross-checks included, and a bad value is reported as one clear line that names
-the flag and the environment variable.
+the flag and the environment variable. Paths are checked in ``main()``
+(:func:`check_paths`), not when settings are built.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from predictor.cpus import available_cpus
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 JIT_MODES = ("trace", "off")
@@ -27,6 +32,13 @@ MIB = 1024 * 1024
 
 class SettingsError(ValueError):
     """A setting is invalid; the message names the flag and says what is allowed."""
+
+
+def _option(
+    default: Any, help_text: str, parse: Callable[[str], Any] = str, metavar: str = ""
+) -> Any:
+    """A setting: its default, its ``--help`` text and how its text is parsed."""
+    return field(default=default, metadata={"help": help_text, "parse": parse, "metavar": metavar})
 
 
 def _bool(text: str) -> bool:
@@ -46,30 +58,53 @@ class Settings:
     ``PREDICTOR_MAX_BATCH_DELAY_MS``). Units are in the names.
     """
 
-    model_dir: Path = Path("models")
-    model_name: str | None = None
-    host: str = "0.0.0.0"  # noqa: S104 - a pod must listen on all interfaces
-    http_port: int = 8080
-    grpc_port: int = 8081
-    enable_grpc: bool = True
-    max_batch_size: int = 32
-    max_batch_delay_ms: float = 5.0
-    tune_batch_size: bool = True
-    queue_capacity: int = 256
-    devices: str = "auto"
-    dtype: str = "auto"
-    jit: str = "trace"
-    max_body_bytes: int = 32 * MIB
-    max_image_pixels: int = 40_000_000
-    request_timeout_ms: int = 30_000
-    drain_timeout_s: float = 25.0
-    auth_token_file: Path | None = None
-    decode_workers: int = 0
-    max_consecutive_failures: int = 5
-    log_level: str = "INFO"
-    model_control: str = "none"
-    load_models: str = "all"
-    docs: bool = True
+    model_dir: Path = _option(
+        Path("models"), "a model directory, or a folder of them", Path, metavar="DIR"
+    )
+    model_name: str | None = _option(None, "served name when a single model is found")
+    host: str = _option("0.0.0.0", "address to listen on")  # noqa: S104 - a pod listens on all
+    http_port: int = _option(8080, "HTTP port (KServe v1/v2 REST, /metrics)", int)
+    grpc_port: int = _option(8081, "gRPC port (KServe v2 gRPC)", int)
+    enable_grpc: bool = _option(True, "serve gRPC too (true/false)", _bool)
+    max_batch_size: int = _option(32, "largest batch sent to a device", int)
+    max_batch_delay_ms: float = _option(5.0, "longest wait for a batch to fill", float)
+    tune_batch_size: bool = _option(
+        True,
+        "batch up to the smallest size within 3%% of the best images/s measured at warm-up "
+        "(true/false)",
+        _bool,
+    )
+    queue_capacity: int = _option(256, "images admitted but not running, per model", int)
+    devices: str = _option("auto", "auto, or a list such as cuda:0,cuda:1 or cpu,cpu")
+    dtype: str = _option(
+        "auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"
+    )
+    jit: str = _option(
+        "trace",
+        "trace: run the whole forward as a TorchScript trace (checked against eager at start, "
+        "eager if it differs); off: eager PyTorch",
+    )
+    max_body_bytes: int = _option(32 * MIB, "largest request body accepted (413 above)", int)
+    max_image_pixels: int = _option(40_000_000, "largest image accepted (413 above)", int)
+    request_timeout_ms: int = _option(30_000, "deadline of a request (504 after)", int)
+    drain_timeout_s: float = _option(25.0, "longest drain after SIGTERM", float)
+    auth_token_file: Path | None = _option(
+        None, "file holding a bearer token; auth is on when set", Path
+    )
+    decode_workers: int = _option(0, "image decode threads (0: one per core)", int)
+    max_consecutive_failures: int = _option(
+        5, "engine failures in a row before the model reports unhealthy (0: never)", int
+    )
+    log_level: str = _option("INFO", "DEBUG, INFO, WARNING or ERROR", str.upper)
+    model_control: str = _option(
+        "none",
+        "none: the models loaded at start are fixed, /v2/repository routes are not served; "
+        "explicit: load, unload and reconfigure models at runtime through the repository API",
+    )
+    load_models: str = _option(
+        "all", "models loaded at start: all, none (needs --model-control explicit) or NAME,NAME"
+    )
+    docs: bool = _option(True, "serve the OpenAPI page at /docs and /openapi.json", _bool)
 
     def __post_init__(self) -> None:
         """Validate every field and the cross-field rules."""
@@ -121,19 +156,6 @@ class Settings:
             "--load-models none serves nothing unless --model-control explicit lets models be "
             "loaded later",
         )
-        _check(
-            self.model_dir.is_dir(),
-            f"--model-dir {self.model_dir} is not a directory",
-        )
-        if self.auth_token_file is not None:
-            _check(
-                self.auth_token_file.is_file(),
-                f"--auth-token-file {self.auth_token_file} is not a readable file",
-            )
-            _check(
-                bool(self.auth_token()),
-                f"--auth-token-file {self.auth_token_file} is empty",
-            )
 
     def models_to_load(self) -> list[str] | None:
         """``--load-models`` as a list of names; None means every model found."""
@@ -171,31 +193,6 @@ class Settings:
         return self.auth_token_file.read_text(encoding="utf-8").strip()
 
 
-def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup CPU quota.
-
-    In a pod, ``os.cpu_count()`` and the affinity mask show the node's cores; the CPU limit
-    is a cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``).
-    """
-    cpus = len(os.sched_getaffinity(0))
-    quota: float | None = None
-    try:
-        text = (cgroup_root / "cpu.max").read_text().split()
-        if text and text[0] != "max":
-            quota = int(text[0]) / int(text[1])
-    except (OSError, ValueError, IndexError):
-        try:
-            us = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
-            period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
-            if us > 0 and period > 0:
-                quota = us / period
-        except (OSError, ValueError):
-            quota = None
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
-
-
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise SettingsError(message)
@@ -214,89 +211,29 @@ def _parse_devices(text: str) -> list[str]:
     return items
 
 
-# (flag, field, type, help) for every serve option; the env var is PREDICTOR_<FIELD>.
-_Option = tuple[str, str, Callable[[str], Any], str]
-SERVE_OPTIONS: tuple[_Option, ...] = (
-    ("--model-dir", "model_dir", Path, "a model directory, or a folder of them"),
-    ("--model-name", "model_name", str, "served name when a single model is found"),
-    ("--host", "host", str, "address to listen on"),
-    ("--http-port", "http_port", int, "HTTP port (KServe v1/v2 REST, /metrics)"),
-    ("--grpc-port", "grpc_port", int, "gRPC port (KServe v2 gRPC)"),
-    ("--enable-grpc", "enable_grpc", _bool, "serve gRPC too (true/false)"),
-    ("--max-batch-size", "max_batch_size", int, "largest batch sent to a device"),
-    ("--max-batch-delay-ms", "max_batch_delay_ms", float, "longest wait for a batch to fill"),
-    (
-        "--tune-batch-size",
-        "tune_batch_size",
-        _bool,
-        "batch up to the smallest size within 3%% of the best images/s measured at warm-up "
-        "(true/false)",
-    ),
-    ("--queue-capacity", "queue_capacity", int, "images admitted but not running, per model"),
-    ("--devices", "devices", str, "auto, or a list such as cuda:0,cuda:1 or cpu,cpu"),
-    ("--dtype", "dtype", str, "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16"),
-    (
-        "--jit",
-        "jit",
-        str,
-        "trace: run the whole forward as a TorchScript trace (checked against eager at start, "
-        "eager if it differs); off: eager PyTorch",
-    ),
-    ("--max-body-bytes", "max_body_bytes", int, "largest request body accepted (413 above)"),
-    ("--max-image-pixels", "max_image_pixels", int, "largest image accepted (413 above)"),
-    ("--request-timeout-ms", "request_timeout_ms", int, "deadline of a request (504 after)"),
-    ("--drain-timeout-s", "drain_timeout_s", float, "longest drain after SIGTERM"),
-    (
-        "--auth-token-file",
-        "auth_token_file",
-        Path,
-        "file holding a bearer token; auth is on when set",
-    ),
-    ("--decode-workers", "decode_workers", int, "image decode threads (0: one per core)"),
-    (
-        "--max-consecutive-failures",
-        "max_consecutive_failures",
-        int,
-        "engine failures in a row before the model reports unhealthy (0: never)",
-    ),
-    ("--log-level", "log_level", str.upper, "DEBUG, INFO, WARNING or ERROR"),
-    (
-        "--model-control",
-        "model_control",
-        str,
-        "none: the models loaded at start are fixed, /v2/repository routes are not served; "
-        "explicit: load, unload and reconfigure models at runtime through the repository API",
-    ),
-    (
-        "--load-models",
-        "load_models",
-        str,
-        "models loaded at start: all, none (needs --model-control explicit) or NAME,NAME",
-    ),
-    ("--docs", "docs", _bool, "serve the OpenAPI page at /docs and /openapi.json (true/false)"),
-)
-
-
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
     return f"PREDICTOR_{field.upper()}"
 
 
+def flag_name(field_name: str) -> str:
+    """The CLI flag of a setting."""
+    return "--" + field_name.replace("_", "-")
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every serve option to ``parser`` (defaults resolved later, see ``settings_from``)."""
-    defaults = Settings.__dataclass_fields__
-    for flag, field, convert, help_text in SERVE_OPTIONS:
-        default = defaults[field].default
-        if convert is _bool:
+    """Add every setting to ``parser`` (defaults resolved later, see ``settings_from``)."""
+    for setting in fields(Settings):
+        meta = setting.metadata
+        metavar = meta["metavar"] or setting.name.split("_")[-1].upper()
+        if meta["parse"] is _bool:
             metavar = "BOOL"
-        else:
-            metavar = "DIR" if field == "model_dir" else field.split("_")[-1].upper()
         parser.add_argument(
-            flag,
-            dest=field,
+            flag_name(setting.name),
+            dest=setting.name,
             default=None,
             metavar=metavar,
-            help=f"{help_text} [env {env_name(field)}; default {default}]",
+            help=f"{meta['help']} [env {env_name(setting.name)}; default {setting.default}]",
         )
 
 
@@ -319,18 +256,33 @@ def settings_from(
     env = os.environ if environ is None else environ
     raw = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     values: dict[str, Any] = {}
-    for flag, field, convert, _help in SERVE_OPTIONS:
-        text = raw.get(field)
+    for setting in fields(Settings):
+        name, flag = setting.name, flag_name(setting.name)
+        text = raw.get(name)
         source = flag
-        if text is None and env_name(field) in env:
-            text, source = env[env_name(field)], env_name(field)
+        if text is None and env_name(name) in env:
+            text, source = env[env_name(name)], env_name(name)
         if text is None or (isinstance(text, str) and text == "" and source != flag):
             continue
+        convert = setting.metadata["parse"]
         try:
-            values[field] = convert(text) if isinstance(text, str) else text
+            values[name] = convert(text) if isinstance(text, str) else text
         except ValueError as exc:
             raise SettingsError(f"{source}: invalid value {text!r} ({exc})") from None
     return Settings(**values)
+
+
+def check_paths(settings: Settings) -> None:
+    """Check what the settings name on disk (called by ``main()``, before serving).
+
+    Raises:
+        SettingsError: the model directory is missing, or the token file is missing or empty.
+    """
+    _check(settings.model_dir.is_dir(), f"--model-dir {settings.model_dir} is not a directory")
+    token = settings.auth_token_file
+    if token is not None:
+        _check(token.is_file(), f"--auth-token-file {token} is not a readable file")
+        _check(bool(settings.auth_token()), f"--auth-token-file {token} is empty")
 
 
 def known_fields() -> Sequence[str]:

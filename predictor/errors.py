@@ -1,7 +1,7 @@
 """Error classes that carry their HTTP status, gRPC code and metric reason.
 
 Every error a client can cause or observe is a :class:`PredictorError`. The HTTP edge
-(:mod:`predictor.http_edge`) and the gRPC edge (:mod:`predictor.grpc_edge`) translate them
+(:mod:`predictor.edge.http_edge`) and the gRPC edge (:mod:`predictor.edge.grpc_edge`) translate them
 in one place each; anything else that escapes becomes a generic 500 whose body never
 carries a traceback.
 """

@@ -1,8 +1,8 @@
 """Runs the REST and gRPC servers over the model repository, and owns the drain.
 
-The REST edge (:mod:`predictor.http_edge`) routes every request itself and the gRPC
-service (:mod:`predictor.grpc_service`) answers KServe's v2 messages; both serve the
-models the repository (:mod:`predictor.repository`) publishes. ``kserve.ModelServer.start``
+The REST edge (:mod:`predictor.edge.http_edge`) routes every request itself and the gRPC
+service (:mod:`predictor.edge.grpc_service`) answers KServe's v2 messages; both serve the
+models the repository (:mod:`predictor.serving.repository`) publishes. ``kserve.ModelServer.start``
 is not used: it hands SIGTERM to uvicorn, which closes the listener at once, and it cannot
 drain. Here the process owns its signals: on SIGTERM the models stop reporting ready, new
 requests get 503 + Retry-After while the listener stays open, every admitted request is
@@ -26,19 +26,22 @@ import uvicorn
 from grpc import aio
 from prometheus_client import REGISTRY
 
-from predictor import docs_page
-from predictor.config import Settings, available_cpus
-from predictor.decode_pool import DecodePool
-from predictor.grpc_edge import GrpcEdge
-from predictor.grpc_service import GrpcService, add_to_server
-from predictor.http_api import HttpApi, routes
-from predictor.http_edge import HttpEdge
-from predictor.http_routes import Router
-from predictor.metrics import GpuCollector, Metrics
-from predictor.model import ImageModel
-from predictor.repository import Repository
-from predictor.state import ServingState
-from predictor.threads import name_current_thread
+from predictor.config import Settings
+from predictor.cpus import available_cpus
+from predictor.edge import docs_page
+from predictor.edge.grpc_edge import GrpcEdge
+from predictor.edge.grpc_service import GrpcService, add_to_server
+from predictor.edge.http_api import HttpApi, routes
+from predictor.edge.http_edge import HttpEdge
+from predictor.edge.routes import Router
+from predictor.gpu_metrics import GpuCollector
+from predictor.metrics import Metrics
+from predictor.runtime.decode_pool import DecodePool
+from predictor.runtime.threads import name_current_thread
+from predictor.serving.model import ImageModel
+from predictor.serving.repository import Repository
+from predictor.serving.state import ServingState
+from predictor.tasks import images
 
 log = logging.getLogger("predictor")
 
@@ -135,18 +138,17 @@ async def _run(
 
 
 async def _drain(state: ServingState, timeout_s: float) -> float:
-    """Refuse new work, wait for in-flight requests (up to ``timeout_s``); seconds taken."""
+    """Refuse new work, answer what every model admitted (up to ``timeout_s``); seconds taken."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    state.draining = True
-    for model in list(state.models.values()):
-        model.begin_drain()
-    log.info("draining %d in-flight request(s), up to %.0f s", state.total_inflight, timeout_s)
-    if state.total_inflight > 0:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.idle.wait(), timeout_s)
-    if state.total_inflight:
-        log.warning("drain timeout: %d request(s) still in flight", state.total_inflight)
+    state.closing = True
+    models = list(state.models.values())
+    inflight = sum(state.inflight.values())
+    log.info("draining %d in-flight request(s), up to %.0f s", inflight, timeout_s)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(m.drain() for m in models)), timeout_s)
+    except TimeoutError:
+        log.warning("drain timeout: %d request(s) still in flight", sum(state.inflight.values()))
     return loop.time() - started
 
 
@@ -165,6 +167,11 @@ def serve(settings: Settings) -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         # torch sizes its CPU thread pool to the node's cores, not the pod's CPU limit.
         torch.set_num_threads(available_cpus())
+    # Process-wide settings, made once here and nowhere else: cuDNN picks the fastest
+    # kernels per input shape (the engines warm up every batch size), and Pillow's own
+    # decompression-bomb guard gives way to --max-image-pixels, checked from each header.
+    torch.backends.cudnn.benchmark = True
+    images.lift_pillow_bomb_guard()
     state = ServingState(models={}, metrics=Metrics(settings), auth_token=settings.auth_token())
     # Importing torch and KServe leaves ~300k long-lived objects; a full collection walking
     # them stalled every request for ~0.25 s every few seconds under load. Frozen objects

@@ -13,10 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from predictor.tasks import images
 from tests.fixtures.test_archs import write_model
 from tests.support import DIGITS, PredictorProcess
 
 StartServer = Callable[..., PredictorProcess]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pillow_as_the_server_sets_it() -> None:
+    """Decode in tests as the server does: ``--max-image-pixels`` is the only pixel limit."""
+    images.lift_pillow_bomb_guard()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from predictor.batcher import DynamicBatcher, Worker
 from predictor.errors import DeadlineExceeded, Draining, InferenceFailed, Overloaded
+from predictor.runtime.batcher import DynamicBatcher
+from predictor.runtime.workers import Worker
 
 FAR = 1e9  # a deadline that never passes
 
@@ -63,8 +64,8 @@ def submit_all(
 ) -> list[asyncio.Future[Any]]:
     """Reserve room for and submit every payload; ``deadline_s`` from now, or never."""
     deadline = FAR if deadline_s is None else asyncio.get_running_loop().time() + deadline_s
-    reservation = batcher.reserve(len(payloads))
-    return [batcher.submit(p, deadline, reservation) for p in payloads]
+    ticket = batcher.reserve(len(payloads))
+    return [ticket.submit(p, deadline) for p in payloads]
 
 
 async def entered(runner: GatedRunner) -> None:
@@ -110,7 +111,7 @@ def test_batch_closes_at_once_when_nothing_else_is_on_its_way() -> None:
         first = submit_all(batcher, [1, 2])
         await asyncio.sleep(0)
         assert runner.batches == []  # an image is still decoding: the window stays open
-        late = batcher.submit(3, FAR, decoding)  # the last one arrives
+        late = decoding.submit(3, FAR)  # the last one arrives
         assert await asyncio.gather(*first, late) == [10, 20, 30]
         assert runner.batches == [[1, 2, 3]]
         lone = submit_all(batcher, [4])  # a lone request does not wait for the window

@@ -1,4 +1,4 @@
-"""Codec: every accepted payload shape decodes to the same images; answers encode per protocol."""
+"""Protocols: every payload shape decodes to the same images; answers encode per protocol."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 
-from predictor import codec, rest_v2
+from predictor.edge import protocols as codec
+from predictor.edge import rest_v2
+from predictor.edge.grpc_service import to_infer_response
 from predictor.errors import BadInput
-from predictor.postprocess import top_k
+from predictor.store.manifest import read_manifest
+from predictor.tasks.base import Tensor, V2Answer
+from predictor.tasks.classification import Classification, top_k
+from tests.support import DIGITS
 
 IMG_A, IMG_B = b"\x89PNG fake a", b"\xff\xd8 fake b"
 
@@ -59,7 +64,7 @@ def test_v1_instance_forms(instance: object) -> None:
 def test_v1_parameters_and_header_deadline() -> None:
     body = {"instances": [b64(IMG_A)], "parameters": {"top_k": 3, "timeout_ms": 800}}
     request = codec.decode_request(body, {codec.TIMEOUT_HEADER: "500"})
-    assert request.top_k == 3
+    assert request.parameters == {"top_k": 3}
     assert request.timeout_ms == 500  # the shorter of header and parameter
 
 
@@ -84,8 +89,9 @@ def test_base64_with_line_breaks_and_urlsafe_alphabet() -> None:
     ],
 )
 def test_v1_errors_name_the_problem(body: dict[str, object], message: str) -> None:
+    """The edge's errors, and the task's for its parameters (as the model checks them)."""
     with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("]", r"\]")) as raised:
-        codec.decode_request(body)
+        TASK.check_parameters(codec.decode_request(body).parameters)
     assert raised.value.status == 400
     assert "\n" not in raised.value.message
 
@@ -97,7 +103,7 @@ def test_v2_rest_bytes_are_base64_strings() -> None:
     )
     assert request.protocol == "v2"
     assert request.images == [IMG_A, IMG_B]
-    assert request.top_k == 2
+    assert request.parameters == {"top_k": 2}
     assert request.request_id == "r1"
 
 
@@ -117,7 +123,7 @@ def test_grpc_raw_bytes_and_parameters() -> None:
     )
     assert request.protocol == "grpc"
     assert request.images == [IMG_A, IMG_B]
-    assert request.top_k == 4
+    assert request.parameters == {"top_k": 4}
     assert request.binary_outputs
 
 
@@ -172,9 +178,19 @@ def test_v2_needs_exactly_one_input() -> None:
         codec.decode_request(InferRequest("m", [tensor, tensor]))
 
 
+TASK = Classification(read_manifest(DIGITS, "digits"))
+OUTPUTS = TASK.outputs
+
+
+def answer(results: list[Any], binary: bool = False) -> V2Answer:
+    arrays = TASK.v2_outputs(results)
+    outputs = [Tensor(name, *arrays[name], binary) for name in OUTPUTS]
+    return V2Answer("m", "1", "abc", outputs)
+
+
 def test_encode_v1_shape() -> None:
     results = [top_k(np.array([0.1, 0.7, 0.2], np.float32), ["a", "b", "c"], 2)]
-    assert codec.encode_v1(results) == {
+    assert TASK.encode_v1(results) == {
         "predictions": [
             [
                 {"label": "b", "score": pytest.approx(0.7), "class_id": 1},
@@ -189,8 +205,7 @@ def test_encode_v2_rest_and_grpc() -> None:
         top_k(np.array([0.1, 0.7, 0.2], np.float32), ["a", "b", "c"], 2),
         top_k(np.array([0.5, 0.2, 0.3], np.float32), ["a", "b", "c"], 2),
     ]
-    rest_request = codec.ImageRequest("v2", [IMG_A, IMG_B], request_id="abc")
-    raw, headers = rest_v2.encode_answer(codec.encode_v2(rest_request, "m", "1", results))
+    raw, headers = rest_v2.encode_answer(answer(results))
     assert headers == [(b"content-type", b"application/json")]
     body = json.loads(raw)
     assert body["id"] == "abc"
@@ -206,9 +221,7 @@ def test_encode_v2_rest_and_grpc() -> None:
     assert outputs["class_ids"]["data"] == [1, 2, 0, 2]
     assert outputs["scores"]["datatype"] == "FP32"
 
-    grpc_req = codec.decode_request(grpc_request([IMG_A, IMG_B]))
-    answer = codec.encode_v2(grpc_req, "m", "1", results)
-    message = codec.to_infer_response(answer, grpc_req).to_grpc()
+    message = to_infer_response(answer(results), binary=True).to_grpc()
     assert message.model_version == "1"
     decoded = InferResponse.from_grpc(message)
     labels = decoded.get_output_by_name("labels")
@@ -217,6 +230,13 @@ def test_encode_v2_rest_and_grpc() -> None:
     assert scores is not None
     assert labels.as_numpy().tolist() == [[b"b", b"c"], [b"a", b"c"]]
     np.testing.assert_allclose(scores.as_numpy(), [[0.7, 0.2], [0.5, 0.3]], rtol=1e-6)
+
+
+def test_protocol_labels() -> None:
+    assert codec.protocol_of(b"x") == "v1"
+    assert codec.protocol_of({"instances": []}) == "v1"
+    assert codec.protocol_of(InferRequest("m", [])) == "v2"
+    assert codec.protocol_of(grpc_request([IMG_A])) == "grpc"
 
 
 def _binary_body(header: dict[str, Any], tail: bytes) -> tuple[bytes, dict[str, str]]:
@@ -243,7 +263,8 @@ def test_rest_binary_extension_bytes_and_fp32_inputs() -> None:
         },
         raw,
     )
-    request = codec.decode_request(rest_v2.parse_request(body, headers, "m"), headers)
+    parsed = rest_v2.parse_request(body, headers, "m")
+    request = codec.decode_request(parsed, headers, outputs=OUTPUTS)
     assert request.images == [IMG_A, IMG_B]
     assert request.requested_outputs == {"scores": True, "labels": None}
 
@@ -317,25 +338,17 @@ def test_rest_binary_extension_bytes_and_fp32_inputs() -> None:
 def test_rest_binary_extension_errors(header: dict[str, Any], tail: bytes, message: str) -> None:
     body, headers = _binary_body(header, tail)
     with pytest.raises(BadInput, match=message):
-        codec.decode_request(rest_v2.parse_request(body, headers, "m"), headers)
+        codec.decode_request(rest_v2.parse_request(body, headers, "m"), headers, outputs=OUTPUTS)
 
 
 def test_binary_outputs_follow_the_request() -> None:
     results = [top_k(np.array([0.1, 0.7, 0.2], np.float32), ["a", "bee", "c"], 2)]
-    request = codec.ImageRequest(
-        "v2", [IMG_A], binary_outputs=True, requested_outputs={"labels": None, "scores": False}
-    )
-    raw, headers = rest_v2.encode_answer(codec.encode_v2(request, "m", "1", results))
+    arrays = TASK.v2_outputs(results)
+    outputs = [Tensor("labels", *arrays["labels"], True), Tensor("scores", *arrays["scores"])]
+    raw, headers = rest_v2.encode_answer(V2Answer("m", "1", "x", outputs))
     length = int(dict(headers)[rest_v2.HEADER_LENGTH.encode()])
     head = json.loads(raw[:length])
     assert [o["name"] for o in head["outputs"]] == ["labels", "scores"]
     assert head["outputs"][0]["parameters"] == {"binary_data_size": len(raw) - length}
     assert head["outputs"][1]["data"] == pytest.approx([0.7, 0.2])
     assert raw[length:] == b"\x03\x00\x00\x00bee\x01\x00\x00\x00c"
-
-
-def test_protocol_labels() -> None:
-    assert codec.protocol_of(b"x") == "v1"
-    assert codec.protocol_of({"instances": []}) == "v1"
-    assert codec.protocol_of(InferRequest("m", [])) == "v2"
-    assert codec.protocol_of(grpc_request([IMG_A])) == "grpc"

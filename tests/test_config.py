@@ -8,14 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from predictor.config import SERVE_OPTIONS, Settings, SettingsError, env_name, settings_from
+from predictor.cli import build_parser
+from predictor.config import (
+    Settings,
+    SettingsError,
+    check_paths,
+    env_name,
+    flag_name,
+    known_fields,
+    settings_from,
+)
 from tests.support import DIGITS, ROOT
 
 
 def resolve(flags: dict[str, str | None], env: dict[str, str] | None = None) -> Settings:
-    raw: dict[str, str | None] = {field: None for _, field, _, _ in SERVE_OPTIONS}
+    raw: dict[str, str | None] = dict.fromkeys(known_fields())
     raw.update(flags)
-    return settings_from(raw, env or {})
+    settings = settings_from(raw, env or {})
+    check_paths(settings)
+    return settings
 
 
 def test_defaults() -> None:
@@ -47,10 +58,15 @@ def test_env_vars_set_every_option_and_flags_win() -> None:
     assert settings.enable_grpc is False
 
 
-def test_every_option_has_an_env_var_named_after_it() -> None:
-    for flag, field, _, _ in SERVE_OPTIONS:
-        assert flag == "--" + field.replace("_", "-")
-        assert env_name(field) == "PREDICTOR_" + field.upper()
+def test_help_lists_every_setting_with_its_env_var_and_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in known_fields():
+        assert f"{flag_name(field)} " in text, field
+        assert f"[env PREDICTOR_{field.upper()}; default " in text, field
 
 
 def test_auth_token_is_stripped(tmp_path: Path) -> None:
@@ -163,7 +179,7 @@ def test_cli_refuses_an_unavailable_device() -> None:
 def test_available_cpus_honours_a_cgroup_quota(tmp_path: Path) -> None:
     import os
 
-    from predictor.config import available_cpus
+    from predictor.cpus import available_cpus
 
     affinity = len(os.sched_getaffinity(0))
     (tmp_path / "cpu.max").write_text("max 100000\n")

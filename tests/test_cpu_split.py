@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "load-tests"))
 
 import cpu_split
 
-from predictor.threads import name_current_thread
+from predictor.runtime.threads import name_current_thread
 from tests.support import DIGITS, PredictorProcess
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc")

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from predictor.decode_pool import DecodePool
+from predictor.runtime.decode_pool import DecodePool
 
 
 def test_results_errors_and_skipped_cancellations() -> None:

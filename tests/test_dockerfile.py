@@ -19,7 +19,7 @@ from pathlib import Path
 from predictor import __version__
 from predictor.cli import build_parser
 from predictor.config import Settings
-from predictor.model_store import discover
+from predictor.store.manifest import discover
 from tests.chart_support import render
 
 ROOT = Path(__file__).resolve().parent.parent

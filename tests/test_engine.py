@@ -1,4 +1,5 @@
-"""Engine: batched results equal single results, normalisation paths agree, OOM splits."""
+"""Engine and the classification runner: batched results equal single results,
+normalisation paths agree, OOM splits, traces are checked against eager."""
 
 from __future__ import annotations
 
@@ -7,18 +8,46 @@ import pytest
 import torch
 from torch import nn
 
-from predictor.devices import DeviceError, resolve_devices, resolve_dtype
-from predictor.engine import Engine, warmup_sizes
-from predictor.model_store import InputSpec, read_manifest
-from predictor.weights import load_module
+from predictor.runtime.devices import DeviceError, resolve_devices, resolve_dtype
+from predictor.runtime.engine import Engine, warmup_sizes
+from predictor.store.manifest import InputSpec, read_manifest
+from predictor.store.weights import load_module
+from predictor.tasks import engine_for
+from predictor.tasks.classification_runner import ClassificationRunner
 from tests.support import DIGITS
 
 CUDA = torch.cuda.is_available()
 
 
+class Rows:
+    """An engine whose results are stacked into one array (classification rows)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def infer(self, items: list[np.ndarray]) -> np.ndarray:
+        return np.stack(self.engine.infer(items))
+
+    def run(self, items: list[np.ndarray]) -> np.ndarray:
+        return np.stack(self.engine.run(items))
+
+
+def make_engine(
+    module: nn.Module,
+    spec: InputSpec,
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_batch: int = 16,
+    jit: bool = False,
+) -> Engine:
+    torch_dtype = resolve_dtype(dtype, device)
+    runner = ClassificationRunner(module, spec, device, torch_dtype, max_batch, jit, True)
+    return Engine(runner, device, torch_dtype, max_batch)
+
+
 def digits_engine(device: str = "cpu", dtype: str = "float32", max_batch: int = 16) -> Engine:
     spec = read_manifest(DIGITS, "digits")
-    return Engine(load_module(spec), spec.input, device, dtype, max_batch)
+    return make_engine(load_module(spec), spec.input, device, dtype, max_batch)
 
 
 def random_digits(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -29,8 +58,8 @@ def random_digits(count: int, seed: int = 0) -> list[np.ndarray]:
 def test_batched_results_equal_one_at_a_time() -> None:
     engine = digits_engine()
     images = random_digits(16)
-    batched = engine.infer(images)
-    single = np.concatenate([engine.infer([image]) for image in images])
+    batched = Rows(engine).infer(images)
+    single = np.concatenate([Rows(engine).infer([image]) for image in images])
     assert batched.shape == (16, 10)
     np.testing.assert_allclose(batched.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(batched, single, atol=1e-5)
@@ -39,8 +68,8 @@ def test_batched_results_equal_one_at_a_time() -> None:
 
 
 def test_preprocessed_float_tensors_give_the_same_result_as_pixels() -> None:
-    engine = digits_engine()
-    spec = engine.spec
+    engine = Rows(digits_engine())
+    spec = read_manifest(DIGITS, "digits").input
     images = random_digits(3, seed=1)
     tensors = [
         (
@@ -72,9 +101,12 @@ class OomAbove(nn.Module):
 
 def test_out_of_memory_splits_the_batch_in_halves() -> None:
     spec = InputSpec("L", 4, (4, 4), (0.0,), (1.0,))
-    engine = Engine(OomAbove(limit=2), spec, "cpu", "float32", 8)
-    module = engine.module
+    built = make_engine(OomAbove(limit=2), spec, max_batch=8)
+    runner = built.runner
+    assert isinstance(runner, ClassificationRunner)
+    module = runner.pipeline.network
     assert isinstance(module, OomAbove)
+    engine = Rows(built)
     images = [np.full((4, 4, 1), v, np.uint8) for v in range(0, 80, 10)]
     result = engine.run(images)
     assert result.shape == (8, 2)
@@ -85,7 +117,7 @@ def test_out_of_memory_splits_the_batch_in_halves() -> None:
 
 def test_out_of_memory_on_a_single_item_is_raised() -> None:
     spec = InputSpec("L", 4, (4, 4), (0.0,), (1.0,))
-    engine = Engine(OomAbove(limit=0), spec, "cpu", "float32", 4)
+    engine = make_engine(OomAbove(limit=0), spec, max_batch=4)
     with pytest.raises(torch.OutOfMemoryError):
         engine.run([np.zeros((4, 4, 1), np.uint8)] * 2)
 
@@ -117,8 +149,8 @@ def test_warmup_covers_every_size_the_engine_will_see() -> None:
 
 def test_bfloat16_on_cpu_stays_close_to_float32() -> None:
     images = random_digits(4, seed=3)
-    reference = digits_engine().infer(images)
-    low = digits_engine(dtype="bfloat16").infer(images)
+    reference = Rows(digits_engine()).infer(images)
+    low = Rows(digits_engine(dtype="bfloat16")).infer(images)
     assert (low.argmax(1) == reference.argmax(1)).all()
     np.testing.assert_allclose(low, reference, atol=0.05)
 
@@ -128,9 +160,10 @@ def test_bfloat16_on_cpu_stays_close_to_float32() -> None:
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_cuda_engine_matches_cpu(dtype: str) -> None:
     images = random_digits(16, seed=4)
-    reference = digits_engine().infer(images)
-    engine = digits_engine("cuda:0", dtype)
-    engine.warmup()
+    reference = Rows(digits_engine()).infer(images)
+    built = digits_engine("cuda:0", dtype)
+    built.warmup()
+    engine = Rows(built)
     result = engine.infer(images)
     assert (result.argmax(1) == reference.argmax(1)).all()
     np.testing.assert_allclose(result, reference, atol=0.02 if dtype != "float32" else 1e-4)
@@ -159,13 +192,12 @@ def test_best_batch_size_prefers_the_smallest_size_near_the_best() -> None:
 
 def test_traced_pipeline_matches_eager() -> None:
     spec = read_manifest(DIGITS, "digits")
-    traced = Engine(load_module(spec), spec.input, "cpu", "float32", 8, jit=True)
-    assert traced.jit
+    built = engine_for(spec, load_module(spec), "cpu", "float32", 8, jit=True)
+    assert built.jit
+    traced, eager = Rows(built), Rows(digits_engine())
     images = random_digits(8, seed=5)
-    np.testing.assert_allclose(traced.infer(images), digits_engine().infer(images), atol=1e-5)
-    np.testing.assert_allclose(
-        traced.infer(images[:3]), digits_engine().infer(images[:3]), atol=1e-5
-    )
+    np.testing.assert_allclose(traced.infer(images), eager.infer(images), atol=1e-5)
+    np.testing.assert_allclose(traced.infer(images[:3]), eager.infer(images[:3]), atol=1e-5)
 
 
 class BatchDependent(nn.Module):
@@ -194,7 +226,7 @@ class ValueDependent(BatchDependent):
 @pytest.mark.parametrize("module", [BatchDependent(), ValueDependent()], ids=["batch", "value"])
 def test_untraceable_models_run_eagerly(module: nn.Module) -> None:
     spec = InputSpec("L", 4, (4, 4), (0.0,), (1.0,))
-    engine = Engine(module, spec, "cpu", "float32", 4, jit=True)
+    engine = make_engine(module, spec, max_batch=4, jit=True)
     assert not engine.jit  # the check against eager (or the tracer's warning) refused the trace
-    single = engine.infer([np.full((4, 4, 1), 100, np.uint8)])
+    single = Rows(engine).infer([np.full((4, 4, 1), 100, np.uint8)])
     assert single[0, 1] > single[0, 0]  # the batch-of-one branch ran

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from predictor.cli import main
-from predictor.engine import Engine
-from predictor.model_store import read_manifest
-from predictor.weights import load_module
+from predictor.store.manifest import read_manifest
+from predictor.store.weights import load_module
+from predictor.tasks import engine_for
 from tests.support import ROOT
 
 
@@ -51,8 +51,8 @@ def test_random_weights_state_dict_export_serves_imagenet_preprocessing(tmp_path
     spec = read_manifest(out, "resnet18")
     assert len(spec.labels) == 1000
     assert spec.labels[0] == "tench"
-    engine = Engine(load_module(spec), spec.input, "cpu", "float32", 2)
-    probs = engine.infer([np.zeros((224, 224, 3), np.uint8)] * 2)
+    engine = engine_for(spec, load_module(spec), "cpu", "float32", 2, jit=False)
+    probs = np.stack(engine.infer([np.zeros((224, 224, 3), np.uint8)] * 2))
     assert probs.shape == (2, 1000)
 
 
@@ -78,9 +78,10 @@ def test_exported_program_has_a_dynamic_batch_dimension(
     spec = read_manifest(out, "mobilenet")
     assert spec.program is not None
     assert spec.arch is None
-    engine = Engine(load_module(spec), spec.input, "cpu", "float32", 5)
+    engine = engine_for(spec, load_module(spec), "cpu", "float32", 5, jit=False)
     for batch in (1, 5):
-        assert engine.infer([np.zeros((224, 224, 3), np.uint8)] * batch).shape == (batch, 1000)
+        rows = engine.infer([np.zeros((224, 224, 3), np.uint8)] * batch)
+        assert np.stack(rows).shape == (batch, 1000)
 
 
 @pytest.mark.parametrize(

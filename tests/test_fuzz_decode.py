@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predictor import codec, preprocess
-from predictor.model_store import InputSpec
+from predictor.edge import protocols as codec
+from predictor.store.manifest import InputSpec
+from predictor.tasks import classification as preprocess
 from tests.support import ROOT
 
 FUZZ = ROOT / "tests" / "fuzz"

@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from predictor.config import Settings
 from predictor.errors import PredictorError
+from predictor.gpu_metrics import GpuCollector
 from predictor.metrics import (
     REJECT_REASONS,
-    GpuCollector,
     Metrics,
     batch_size_buckets,
     latency_buckets,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from predictor import archs
-from predictor.engine import Engine
-from predictor.model_store import ModelStoreError, discover, read_manifest
-from predictor.weights import load_module
+from predictor.store import archs
+from predictor.store.manifest import ModelStoreError, discover, read_manifest
+from predictor.store.weights import load_module
+from predictor.tasks import engine_for
 from tests.support import DIGITS
 
 
@@ -97,7 +97,8 @@ def test_weights_that_do_not_fit_give_a_clear_error(tmp_path: Path) -> None:
 
 def probabilities(directory: Path, pixels: list[np.ndarray]) -> np.ndarray:
     spec = read_manifest(directory, "m")
-    return Engine(load_module(spec), spec.input, "cpu", "float32", 8).infer(pixels)
+    engine = engine_for(spec, load_module(spec), "cpu", "float32", 8, jit=False)
+    return np.stack(engine.infer(pixels))
 
 
 def test_safetensors_and_exported_program_load_to_the_same_model(tmp_path: Path) -> None:

@@ -22,13 +22,13 @@ import pytest
 import yaml
 
 from predictor.config import Settings
-from predictor.decode_pool import DecodePool
-from predictor.docs_page import DocsPage
-from predictor.http_api import HttpApi, routes
-from predictor.http_routes import HttpRequest
+from predictor.edge.docs_page import DocsPage
+from predictor.edge.http_api import HttpApi, routes
+from predictor.edge.routes import HttpRequest
 from predictor.metrics import Metrics
-from predictor.repository import Repository
-from predictor.state import ServingState
+from predictor.runtime.decode_pool import DecodePool
+from predictor.serving.repository import Repository
+from predictor.serving.state import ServingState
 from tests.support import DIGITS, ROOT, PredictorProcess, digit_samples
 
 OIP = ROOT / "tests" / "schemas" / "oip" / "open_inference_rest.yaml"

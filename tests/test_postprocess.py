@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor.postprocess import top_k
+from predictor.tasks.classification import top_k
 
 
 def test_most_probable_first() -> None:

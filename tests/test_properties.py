@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis) of the codec and image preprocessing on hostile input.
 
 Whatever a client sends, ``codec.decode_request``, ``preprocess.decode_image``,
-``preprocess.to_mode`` and ``preprocess.check_tensor`` either return a well-formed result
+``images.to_mode`` and ``preprocess.check_tensor`` either return a well-formed result
 or raise one of the project's 4xx errors (``BadInput``, ``TooLarge``) with a one-line
 message that never quotes the payload. Valid inputs of every supported format and mode
 decode to the model's shape with the right pixels.
@@ -35,11 +35,17 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image
 
-from predictor import codec, preprocess, rest_v2
+from predictor.edge import protocols as codec
+from predictor.edge import rest_v2
 from predictor.errors import BadInput, PredictorError, TooLarge
-from predictor.model_store import InputSpec
+from predictor.serving.request import ImageRequest
+from predictor.store.manifest import InputSpec, read_manifest
+from predictor.tasks import classification as preprocess
+from predictor.tasks import images
+from predictor.tasks.base import MAX_INT
+from predictor.tasks.classification import Classification
 from tests.fuzz import corpus
-from tests.support import ROOT
+from tests.support import DIGITS, ROOT
 
 T = TypeVar("T")
 
@@ -64,6 +70,8 @@ PROFILE = settings.get_profile(os.environ.get("PREDICTOR_HYPOTHESIS_PROFILE", "p
 SPEC_L = InputSpec("L", 32, (32, 32), (0.25,), (0.35,), 0)
 SPEC_RGB = InputSpec("RGB", 36, (32, 28), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 255)
 SPECS = st.sampled_from([SPEC_L, SPEC_RGB])
+#: The classification task of the demo model: checks request parameters as the server does.
+TASK = Classification(read_manifest(DIGITS, "digits"))
 MAX_PIXELS = 40_000_000  # the server's default --max-image-pixels
 #: Planted in payload values (image bytes, base64 text, data, parameter values): error
 #: messages must never quote it.
@@ -301,7 +309,7 @@ timeout_headers = st.dictionaries(
 # -- codec: arbitrary input ----------------------------------------------------------------
 
 
-def check_request(request: codec.ImageRequest) -> None:
+def check_request(request: ImageRequest) -> None:
     """Invariants of every decoded request."""
     assert request.images, "a decoded request holds at least one image"
     assert len(request.images) <= codec.MAX_IMAGES
@@ -310,8 +318,13 @@ def check_request(request: codec.ImageRequest) -> None:
         if isinstance(image, np.ndarray):
             assert image.dtype == np.float32
             assert image.ndim == 3
-    for value in (request.top_k, request.timeout_ms):
-        assert value is None or (type(value) is int and 1 <= value <= codec.MAX_INT)
+    timeout = request.timeout_ms
+    assert timeout is None or (type(timeout) is int and 1 <= timeout <= MAX_INT)
+    assert all(isinstance(key, str) for key in request.parameters)
+    checked = client_error_or(lambda: TASK.check_parameters(request.parameters))
+    if checked is not None and "top_k" in checked:
+        assert type(checked["top_k"]) is int
+        assert 1 <= checked["top_k"] <= MAX_INT
     assert request.protocol in ("v1", "v2", "grpc")
     assert request.request_id is None or isinstance(request.request_id, str)
 
@@ -482,7 +495,7 @@ def test_v1_round_trip(
     headers = {} if header_ms is None else {codec.TIMEOUT_HEADER: str(header_ms)}
     request = codec.decode_request(json.loads(json.dumps(body)), headers)
     assert request.images == images
-    assert request.top_k == top_k
+    assert request.parameters.get("top_k") == top_k
     timeouts = [t for t in (timeout_ms, header_ms) if t is not None]
     assert request.timeout_ms == (min(timeouts) if timeouts else None)
 
@@ -503,7 +516,8 @@ def test_v2_bytes_round_trip(images: list[bytes], column: bool, top_k: int) -> N
     )
     decoded = codec.decode_request(rest)
     assert decoded.images == images
-    assert (decoded.protocol, decoded.request_id, decoded.top_k) == ("v2", "r-1", top_k)
+    assert (decoded.protocol, decoded.request_id) == ("v2", "r-1")
+    assert decoded.parameters == {"top_k": top_k}
 
     message = pb.ModelInferRequest(model_name="digits", raw_input_contents=[frame_bytes(images)])
     message.inputs.add(name="image", datatype="BYTES", shape=shape)
@@ -513,7 +527,8 @@ def test_v2_bytes_round_trip(images: list[bytes], column: bool, top_k: int) -> N
     assert infer is not None
     decoded = codec.decode_request(infer)
     assert decoded.images == images
-    assert (decoded.protocol, decoded.top_k, decoded.timeout_ms) == ("grpc", top_k, 1500)
+    assert (decoded.protocol, decoded.timeout_ms) == ("grpc", 1500)
+    assert TASK.check_parameters(decoded.parameters) == {"top_k": top_k}
     assert decoded.binary_outputs
 
 
@@ -615,10 +630,13 @@ def test_declared_size_over_the_limit_is_too_large(
 _BOUNDED = textwrap.dedent(
     """
     import json, resource, sys
-    from predictor import preprocess
     from predictor.errors import PredictorError
-    from predictor.model_store import InputSpec
+    from predictor.store.manifest import InputSpec
+    from predictor.tasks import classification as preprocess
+    from predictor.tasks import images
     from tests.fuzz import corpus
+
+    images.lift_pillow_bomb_guard()  # as the server does at start
 
     lossless = corpus.encode(corpus.Image.new("RGB", (8, 8)), "WEBP", lossless=True)
     BIG = ("PNG", "JPEG", "BMP")
@@ -699,7 +717,7 @@ def images_of_any_mode(draw: st.DrawFn) -> Image.Image:
 @pytest.mark.parametrize("spec", [SPEC_L, SPEC_RGB], ids=["L", "RGB"])
 def test_to_mode_converts_every_pillow_mode(mode: str, spec: InputSpec) -> None:
     image = Image.new(mode, (5, 3))
-    converted = preprocess.to_mode(image, spec)
+    converted = images.to_mode(image, spec.color, spec.background)
     assert converted.mode == spec.color
     assert converted.size == (5, 3)
 
@@ -707,7 +725,7 @@ def test_to_mode_converts_every_pillow_mode(mode: str, spec: InputSpec) -> None:
 @PROFILE
 @given(image=images_of_any_mode(), spec=SPECS)
 def test_to_mode_and_resize_any_content(image: Image.Image, spec: InputSpec) -> None:
-    converted = client_error_or(lambda: preprocess.to_mode(image, spec))
+    converted = client_error_or(lambda: images.to_mode(image, spec.color, spec.background))
     assert converted is not None, f"mode {image.mode} is not converted"
     assert converted.mode == spec.color
     assert converted.size == image.size
@@ -939,8 +957,8 @@ def test_jpeg_scan_bombs_are_refused_before_decoding() -> None:
     image = Image.fromarray(corpus.pattern(64, 48), "RGB")
     progressive = corpus.encode(image, "JPEG", progressive=True, quality=80)
     scans = progressive.count(b"\xff\xda")
-    within = _repeat_last_scan(progressive, preprocess.MAX_JPEG_SCANS - scans)
+    within = _repeat_last_scan(progressive, images.MAX_JPEG_SCANS - scans)
     check_pixels(preprocess.decode_image(within, SPEC_RGB, MAX_PIXELS), SPEC_RGB)
-    bomb = _repeat_last_scan(progressive, preprocess.MAX_JPEG_SCANS - scans + 1)
-    with pytest.raises(BadInput, match=f"{preprocess.MAX_JPEG_SCANS + 1} scans"):
+    bomb = _repeat_last_scan(progressive, images.MAX_JPEG_SCANS - scans + 1)
+    with pytest.raises(BadInput, match=f"{images.MAX_JPEG_SCANS + 1} scans"):
         preprocess.decode_image(bomb, SPEC_RGB, MAX_PIXELS)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.conftest import StartServer
 from tests.fixtures.test_archs import POISON_PIXEL, write_model
-from tests.support import DIGITS, PredictorProcess, encode, metric, photo
+from tests.support import DIGITS, PredictorProcess, encode, metric, parse_metrics, photo
 
 GREY = encode(Image.new("RGB", (16, 16), (120, 120, 120)), "PNG")
 POISON = encode(Image.new("RGB", (16, 16), (POISON_PIXEL,) * 3), "PNG")
@@ -48,6 +48,19 @@ async def send(
         content=body,
         headers={"content-type": "image/png", **headers},
     )
+
+
+async def started_items(
+    client: httpx.AsyncClient, server: PredictorProcess, model: str, count: float
+) -> None:
+    """Wait (up to 30 s) until ``count`` images have started on the engine, by /metrics."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = (await client.get(f"{server.url}/metrics")).text
+        if metric(parse_metrics(text), "predictor_batch_size_sum", model=model) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"{count} images never started on {model}")
 
 
 def items_run(server: PredictorProcess, model: str) -> float:
@@ -86,7 +99,8 @@ def test_expired_requests_get_504_and_never_reach_the_engine(slow_server: Predic
             occupy = [
                 asyncio.create_task(send(client, slow_server, "slow", GREY)) for _ in range(4)
             ]
-            await asyncio.sleep(0.1)  # the first batch of 4 is on the (300 ms) engine
+            # Every occupying image has started on the (300 ms) engine, however it was batched.
+            await started_items(client, slow_server, "slow", before_run + 4)
             late = [
                 send(client, slow_server, "slow", GREY, **{"x-request-timeout-ms": "100"})
                 for _ in range(3)

@@ -33,7 +33,7 @@ import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from predictor.model_store import ModelStoreError, discover, read_manifest, safe_path
+from predictor.store.manifest import ModelStoreError, discover, read_manifest, safe_path
 from tests.fuzz import corpus
 from tests.support import DIGITS, PredictorProcess, digit_samples
 
@@ -183,7 +183,7 @@ def _proves_payload_runs(path: Path, marker: Path) -> None:
 def test_pickle_bomb_weights_do_not_run(tmp_path: Path, variant: str, name: str) -> None:
     import torch
 
-    from predictor.weights import load_module
+    from predictor.store.weights import load_module
 
     marker = tmp_path / f"pwned-{variant}"
     directory = _digits_dir(tmp_path, weights=name)
@@ -210,7 +210,7 @@ def exported_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ``torch.export`` program of the digits network (random weights)."""
     import torch
 
-    from predictor import archs
+    from predictor.store import archs
 
     module = archs.build("digits_cnn", num_classes=10).eval()
     program = torch.export.export(module, (torch.zeros(2, 1, 32, 32),))
@@ -234,7 +234,7 @@ def test_exported_program_loads(tmp_path: Path, exported_program: Path) -> None:
     """The guard leaves genuine programs loadable (and the process environment as it was)."""
     import torch
 
-    from predictor.weights import load_module
+    from predictor.store.weights import load_module
 
     directory = _digits_dir(tmp_path, arch=None, weights=None, program="model.pt2")
     shutil.copy(exported_program, directory / "model.pt2")
@@ -252,7 +252,7 @@ def test_pickle_bomb_inside_an_exported_program_does_not_run(
     itself would unpickle it with ``weights_only=False``."""
     import torch
 
-    from predictor.weights import load_module
+    from predictor.store.weights import load_module
 
     marker = tmp_path / "pwned-pt2"
     with zipfile.ZipFile(exported_program) as archive:
@@ -284,7 +284,7 @@ def test_programs_with_opaque_python_objects_are_refused(
     tmp_path: Path, exported_program: Path
 ) -> None:
     """Opaque-object constants go through plain ``pickle.loads``: never loaded."""
-    from predictor.weights import load_module
+    from predictor.store.weights import load_module
 
     directory = _digits_dir(tmp_path, arch=None, weights=None, program="model.pt2")
     target = directory / "model.pt2"

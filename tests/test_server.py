@@ -18,7 +18,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from PIL import Image
 
-from predictor.model_store import read_manifest
+from predictor.store.manifest import read_manifest
 from tests.conftest import StartServer
 from tests.support import DIGITS, PredictorProcess, digit_samples, encode, metric
 

@@ -1,8 +1,9 @@
 """The limits a server is measured against, in process, without HTTP.
 
-* engine limit: :class:`predictor.engine.Engine` running ready-made batches of decoded
+* engine limit: :class:`predictor.runtime.engine.Engine` (built as the server builds it,
+  TorchScript trace included) running ready-made batches of decoded
   images, per batch size: what the model itself can do on this device;
-* decode limit: :func:`predictor.preprocess.decode_image` over the corpus in a pool of one
+* decode limit: :func:`predictor.tasks.classification.decode_image` over the corpus in a pool of one
   thread per core: what turning photos into model inputs can do on this CPU.
 
 Run as ``python -m loadlib.limits`` (with ``load-tests`` on ``PYTHONPATH``) so the bench's
@@ -42,13 +43,13 @@ def engine_limits(
     least one batch); the best round counts, as a limit is what the engine *can* do, and
     another process taking the CPU for a moment only ever makes a round slower.
     """
-    from predictor.engine import Engine
-    from predictor.model_store import discover
-    from predictor.weights import load_module
+    from predictor.store.manifest import discover
+    from predictor.store.weights import load_module
+    from predictor.tasks import engine_for
 
     spec = discover(model_dir)[0]
     module = load_module(spec)
-    engine = Engine(module, spec.input, device, dtype, max(batch_sizes))
+    engine = engine_for(spec, module, device, dtype, max(batch_sizes))
     engine.warmup(sorted(set(batch_sizes)))
     rows = []
     for size in batch_sizes:
@@ -79,8 +80,8 @@ def decode_limit(
 
     Best of ``rounds`` passes over the corpus (each repeated to ``min_time_s / rounds``).
     """
-    from predictor.model_store import discover
-    from predictor.preprocess import decode_image
+    from predictor.store.manifest import discover
+    from predictor.tasks.classification import decode_image
 
     spec = discover(model_dir)[0]
     limit = 40_000_000
@@ -118,8 +119,8 @@ def decode_limit(
 
 def decoded_pixels(model_dir: Path, images: Sequence[bytes]) -> list[np.ndarray]:
     """The corpus as the model's input pixels."""
-    from predictor.model_store import discover
-    from predictor.preprocess import decode_image
+    from predictor.store.manifest import discover
+    from predictor.tasks.classification import decode_image
 
     spec = discover(model_dir)[0]
     return [decode_image(data, spec.input, 40_000_000) for data in images]

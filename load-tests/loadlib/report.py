@@ -458,8 +458,8 @@ def render(results: Result, source: str) -> str:
         "## Systems",
         "",
         "All serve the same model directory (random weights) with the same decode, resize and "
-        "crop (`predictor.preprocess.decode_image`) on 127.0.0.1, one at a time, each started "
-        "and stopped by the bench.",
+        "crop (`predictor.tasks.classification.decode_image`) on 127.0.0.1, one at a time, "
+        "each started and stopped by the bench.",
         "",
         *[
             f"- **{v['label']}**: {v['description']} (driven with `--protocol {v['protocol']}`)"
@@ -534,10 +534,10 @@ def method_section(results: Result) -> list[str]:
         "at most 512 in flight (beyond: dropped, counted); a sweep stops at the first rate "
         "that overloads the system (drops, errors, more than 2 s of arrivals still queued at "
         "the end, or p99 over the latency cap).",
-        "- Limits: `loadlib/limits.py` in a separate process: `predictor.engine.Engine.infer` "
-        "on ready-made batches of decoded corpus images (the engine's own stacking and "
-        "normalisation included), and `decode_image` over the corpus in a pool of one thread "
-        "per core.",
+        "- Limits: `loadlib/limits.py` in a separate process: "
+        "`predictor.runtime.engine.Engine.infer` on ready-made batches of decoded corpus "
+        "images (the engine's own stacking and normalisation included), and `decode_image` "
+        "over the corpus in a pool of one thread per core.",
         "- Memory: resident set of each server's whole process group after its run. CPU "
         "ms/img: the server's CPU time (all its processes) over its best point, divided by "
         "the images it answered then; next to the engine's own cost (limits) it shows what "

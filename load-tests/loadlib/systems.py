@@ -1,7 +1,7 @@
 """The servers the bench compares, and how each one is started on 127.0.0.1.
 
 Every system serves the same model directory with the same preprocessing
-(:func:`predictor.preprocess.decode_image`) and the same torch module; what differs is the
+(:func:`predictor.tasks.classification.decode_image`) and the same torch module; what differs is the
 serving: batching or not, event loop blocking or not, how decode work is spread.
 """
 

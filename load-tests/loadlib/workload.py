@@ -4,8 +4,8 @@
   exporter (``gpu-predictor export ARCH --weights none``); ``mobilenet_v3_small-96`` gets a
   96-pixel resize and crop in its manifest (an overhead-bound model).
 * :class:`PerRequestClassifier` is what the peers without batching run per request:
-  :func:`predictor.preprocess.decode_image` (the same decode, resize and crop as ours), then
-  the same torch module, one image at a time, normalised the way tutorials do it.
+  :func:`predictor.tasks.classification.decode_image` (the same decode, resize and crop as
+  ours), then the same torch module, one image at a time, normalised the way tutorials do it.
 * :func:`predictions` is the shared answer shape: ``{"predictions": [[{label, score,
   class_id}, ...]]}``, as ours returns for v1.
 """
@@ -63,7 +63,7 @@ def prepare_models(names: Sequence[str], root: Path = CACHE / "models") -> dict[
         if not manifest.is_file():
             import torch
 
-            from predictor.export import export_model
+            from predictor.store.export import export_model
 
             torch.manual_seed(0)
             partial = folder.with_name(folder.name + ".partial")
@@ -83,7 +83,7 @@ def prepare_models(names: Sequence[str], root: Path = CACHE / "models") -> dict[
 
 def predictions(rows: np.ndarray, labels: Sequence[str], k: int) -> dict[str, Any]:
     """The v1 answer for probability rows: top-k labels, scores and class ids per image."""
-    from predictor.postprocess import top_k
+    from predictor.tasks.classification import top_k
 
     out = []
     for row in rows:
@@ -109,9 +109,9 @@ class PerRequestClassifier:
     def __init__(self, model_dir: Path, device: str = "cpu", dtype: str = "auto") -> None:
         import torch
 
-        from predictor.devices import resolve_dtype
-        from predictor.model_store import discover
-        from predictor.weights import load_module
+        from predictor.runtime.devices import resolve_dtype
+        from predictor.store.manifest import discover
+        from predictor.store.weights import load_module
 
         self.spec = discover(model_dir)[0]
         self.device = torch.device(device)
@@ -123,7 +123,7 @@ class PerRequestClassifier:
 
     def pixels(self, data: bytes) -> np.ndarray:
         """Decode, resize and crop (the predictor's own function)."""
-        from predictor.preprocess import decode_image
+        from predictor.tasks.classification import decode_image
 
         return decode_image(data, self.spec.input, MAX_PIXELS)
 

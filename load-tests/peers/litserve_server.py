@@ -1,7 +1,7 @@
 """LitServe serving the same model with its own batching.
 
 A ``LitAPI`` with ``max_batch_size`` and ``batch_timeout`` (the same as ours) whose
-``predict`` runs the same :class:`predictor.engine.Engine`; ``decode_request`` runs the
+``predict`` runs the same :class:`predictor.runtime.engine.Engine`; ``decode_request`` runs the
 predictor's ``decode_image``. LitServe has no raw-body route (JSON or multipart forms only),
 so it takes ours v1 JSON: ``{"instances": [{"image_bytes": {"b64": ...}}]}`` (one image)
 at ``POST /v1/models/<name>:predict``. LitServe's defaults otherwise: one inference worker
@@ -44,14 +44,13 @@ class ImageAPI(ls.LitAPI):  # type: ignore[misc]
 
     def setup(self, device: str) -> None:
         """Load the module onto ``device`` and warm the engine up."""
-        from predictor.engine import Engine
-        from predictor.model_store import discover
-        from predictor.weights import load_module
+        from predictor.store.manifest import discover
+        from predictor.store.weights import load_module
+        from predictor.tasks import engine_for
 
         self.spec = discover(self.model_dir)[0]
-        self.engine = Engine(
-            load_module(self.spec), self.spec.input, device, self.dtype, self.max_batch
-        )
+        module = load_module(self.spec)
+        self.engine = engine_for(self.spec, module, device, self.dtype, self.max_batch)
         self.engine.warmup()
 
     def decode_request(self, request: Request) -> np.ndarray:
@@ -60,7 +59,7 @@ class ImageAPI(ls.LitAPI):  # type: ignore[misc]
         LitServe reads the annotation at run time: ``Request`` makes it hand over the
         parsed JSON body (not the request).
         """
-        from predictor.preprocess import decode_image
+        from predictor.tasks.classification import decode_image
 
         body = cast(dict[str, Any], request)
         data = base64.b64decode(body["instances"][0]["image_bytes"]["b64"])
@@ -72,7 +71,7 @@ class ImageAPI(ls.LitAPI):  # type: ignore[misc]
 
     def predict(self, x: list[np.ndarray]) -> np.ndarray:
         """One batch through the engine."""
-        return self.engine.run(list(x))
+        return np.stack(self.engine.run(list(x)))
 
     def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
         """One probability row per request."""

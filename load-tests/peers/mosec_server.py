@@ -3,7 +3,7 @@ r"""mosec serving the same model with its own dynamic batching: the strongest Py
 mosec's Rust front end takes the HTTP request; a pool of ``Preprocess`` worker processes
 decodes images (the predictor's ``decode_image``, one process per core by default); one
 ``Inference`` process batches them (same batch size and window as ours) and runs the same
-:class:`predictor.engine.Engine` (same normalisation, dtype and layout as ours). The route
+:class:`predictor.runtime.engine.Engine` (same normalisation, dtype and layout as ours). The route
 is ours: ``POST /v1/models/<name>:predict`` with a raw image body.
 
     python load-tests/peers/mosec_server.py --model-dir DIR --address 127.0.0.1 \
@@ -37,7 +37,7 @@ class Preprocess(Worker):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        from predictor.model_store import discover
+        from predictor.store.manifest import discover
 
         self.spec = discover(_model_dir())[0]
 
@@ -47,7 +47,7 @@ class Preprocess(Worker):
 
     def forward(self, data: bytes) -> np.ndarray:
         """Decode, resize and crop one image."""
-        from predictor.preprocess import decode_image
+        from predictor.tasks.classification import decode_image
 
         return decode_image(data, self.spec.input, MAX_PIXELS)
 
@@ -57,15 +57,15 @@ class Inference(Worker):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        from predictor.engine import Engine
-        from predictor.model_store import discover
-        from predictor.weights import load_module
+        from predictor.store.manifest import discover
+        from predictor.store.weights import load_module
+        from predictor.tasks import engine_for
 
         self.spec = discover(_model_dir())[0]
         max_batch = int(os.environ["MOSEC_PEER_MAX_BATCH_SIZE"])
-        self.engine = Engine(
+        self.engine = engine_for(
+            self.spec,
             load_module(self.spec),
-            self.spec.input,
             os.environ["MOSEC_PEER_DEVICE"],
             os.environ["MOSEC_PEER_DTYPE"],
             max_batch,
@@ -74,7 +74,7 @@ class Inference(Worker):
 
     def forward(self, data: list[np.ndarray]) -> list[dict[str, Any]]:
         """One batch; one answer per image, in order."""
-        rows = self.engine.run(list(data))
+        rows = np.stack(self.engine.run(list(data)))
         return [
             predictions(rows[i : i + 1], self.spec.labels, self.spec.top_k)
             for i in range(len(data))

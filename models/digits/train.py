@@ -7,7 +7,7 @@ Run from the repository root::
 The 1,797 8x8 digit images are upscaled to 32x32 grayscale (white ink on black), split
 80/20 (stratified, fixed seed), and the CNN trains with small random affine jitter. The
 held-out accuracy is measured through the serving path itself: each held-out image is
-encoded as PNG, decoded by ``predictor.preprocess`` and run by ``predictor.engine.Engine``.
+encoded as PNG, decoded by ``predictor.tasks.classification`` and run by the server's engine.
 Writes ``weights.pt`` (a state dict, loaded with ``weights_only=True``), ``labels.txt``,
 ``model.json`` and one held-out sample PNG per class into ``samples/``.
 """
@@ -27,10 +27,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from predictor.archs import DigitsCNN
-from predictor.engine import Engine
-from predictor.model_store import read_manifest
-from predictor.preprocess import decode_image
+from predictor.store.archs import DigitsCNN
+from predictor.store.manifest import read_manifest
+from predictor.tasks import engine_for
+from predictor.tasks.classification import decode_image
 
 HERE = Path(__file__).resolve().parent
 SIZE = 32
@@ -130,10 +130,10 @@ def main() -> int:
 
     # Held-out accuracy through the serving path: PNG bytes -> preprocess -> Engine.
     spec = read_manifest(HERE, "digits")
-    engine = Engine(model, spec.input, "cpu", "float32", max_batch_size=64)
+    engine = engine_for(spec, model, "cpu", "float32", max_batch_size=64)
     pixels = [decode_image(png(images[i]), spec.input, 1 << 20) for i in test_idx]
     predicted = np.concatenate(
-        [engine.infer(pixels[i : i + 64]).argmax(1) for i in range(0, len(pixels), 64)]
+        [np.stack(engine.infer(pixels[i : i + 64])).argmax(1) for i in range(0, len(pixels), 64)]
     )
     accuracy = float((predicted == labels[test_idx]).mean())
     print(

@@ -25,9 +25,11 @@ with atheris.instrument_imports(include=["PIL", "predictor"]):
     import orjson
     from PIL import Image  # noqa: F401  (instrumented: its plugins parse the headers)
 
-    from predictor import codec, preprocess
+    from predictor.edge import protocols as codec
     from predictor.errors import BadInput, TooLarge
-    from predictor.model_store import InputSpec
+    from predictor.store.manifest import InputSpec
+    from predictor.tasks import classification as preprocess
+    from predictor.tasks import images
 
 #: The digits model (grayscale 32x32) and an RGB model with a non-square crop.
 SPECS = (
@@ -51,7 +53,7 @@ def test_one_input(data: bytes) -> None:
             try:
                 payload = orjson.loads(data)
             except orjson.JSONDecodeError:
-                return  # KServe answers 400 before the model sees it
+                return  # the edge answers 400 before the model sees it
         request = codec.decode_request(payload)
         for image in request.images:
             if isinstance(image, bytes):
@@ -64,7 +66,8 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    """Start libFuzzer with the command-line flags."""
+    """Start libFuzzer with the command-line flags (Pillow set up as the server sets it)."""
+    images.lift_pillow_bomb_guard()
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 

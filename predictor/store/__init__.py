@@ -1,0 +1,1 @@
+"""Model directories: manifests, weights through safe loaders, architectures, export."""
