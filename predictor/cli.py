@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from predictor import __version__
-from predictor.config import SettingsError, add_serve_arguments, check_paths, settings_from
+from predictor.config import SettingsError
+from predictor.config_sources import add_serve_arguments, check_paths, settings_from
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,10 +11,8 @@ the flag and the environment variable. Paths are checked in ``main()``
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,8 @@ def _option(
     return field(default=default, metadata={"help": help_text, "parse": parse, "metavar": metavar})
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off) as a setting's value."""
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -65,14 +64,14 @@ class Settings:
     host: str = _option("0.0.0.0", "address to listen on")  # noqa: S104 - a pod listens on all
     http_port: int = _option(8080, "HTTP port (KServe v1/v2 REST, /metrics)", int)
     grpc_port: int = _option(8081, "gRPC port (KServe v2 gRPC)", int)
-    enable_grpc: bool = _option(True, "serve gRPC too (true/false)", _bool)
+    enable_grpc: bool = _option(True, "serve gRPC too (true/false)", parse_bool)
     max_batch_size: int = _option(32, "largest batch sent to a device", int)
     max_batch_delay_ms: float = _option(5.0, "longest wait for a batch to fill", float)
     tune_batch_size: bool = _option(
         True,
         "batch up to the smallest size within 3%% of the best images/s measured at warm-up "
         "(true/false)",
-        _bool,
+        parse_bool,
     )
     queue_capacity: int = _option(256, "images admitted but not running, per model", int)
     devices: str = _option("auto", "auto, or a list such as cuda:0,cuda:1 or cpu,cpu")
@@ -104,54 +103,92 @@ class Settings:
     load_models: str = _option(
         "all", "models loaded at start: all, none (needs --model-control explicit) or NAME,NAME"
     )
-    docs: bool = _option(True, "serve the OpenAPI page at /docs and /openapi.json", _bool)
+    docs: bool = _option(True, "serve the OpenAPI page at /docs and /openapi.json", parse_bool)
+    header_timeout_s: float = _option(
+        20.0, "a request's line and headers must arrive within this (408, closed)", float
+    )
+    body_timeout_s: float = _option(
+        20.0, "longest wait for more of a request body (408, closed)", float
+    )
+    keep_alive_timeout_s: float = _option(
+        65.0, "an idle keep-alive connection is closed after this", float
+    )
+    max_header_bytes: int = _option(
+        65536, "largest request line plus headers accepted (431 above)", int, metavar="BYTES"
+    )
+    max_headers: int = _option(100, "most request headers accepted (431 above)", int)
+    max_connections: int = _option(
+        1000, "open HTTP connections per process; a further one gets 503 and is closed", int
+    )
+    max_inflight_bytes: int = _option(
+        0,
+        "bytes of request bodies and decoded pixels in flight (503 above; 0: half of what the "
+        "container memory limit leaves after the models load, 2 GiB without a limit)",
+        int,
+        metavar="BYTES",
+    )
+    grpc_max_concurrent_streams: int = _option(
+        256, "concurrent RPCs per gRPC connection", int, metavar="STREAMS"
+    )
 
     def __post_init__(self) -> None:
         """Validate every field and the cross-field rules."""
-        _check(1 <= self.http_port <= 65535, "--http-port must be in 1..65535")
-        _check(1 <= self.grpc_port <= 65535, "--grpc-port must be in 1..65535")
-        _check(
+        check(1 <= self.http_port <= 65535, "--http-port must be in 1..65535")
+        check(1 <= self.grpc_port <= 65535, "--grpc-port must be in 1..65535")
+        check(
             not self.enable_grpc or self.http_port != self.grpc_port,
             f"--http-port and --grpc-port must differ (both {self.http_port})",
         )
-        _check(1 <= self.max_batch_size <= 4096, "--max-batch-size must be in 1..4096")
-        _check(
+        check(1 <= self.max_batch_size <= 4096, "--max-batch-size must be in 1..4096")
+        check(
             0 <= self.max_batch_delay_ms <= 10_000,
             f"--max-batch-delay-ms must be in 0..10000 (got {self.max_batch_delay_ms:g})",
         )
-        _check(
+        check(
             self.queue_capacity >= self.max_batch_size,
             f"--queue-capacity ({self.queue_capacity}) must be >= --max-batch-size "
             f"({self.max_batch_size}), else a batch can never fill",
         )
-        _check(self.queue_capacity <= 1_000_000, "--queue-capacity must be <= 1000000")
+        check(self.queue_capacity <= 1_000_000, "--queue-capacity must be <= 1000000")
         _parse_devices(self.devices)  # syntax only; availability is checked at engine build
-        _check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}")
-        _check(self.jit in JIT_MODES, f"--jit must be one of {', '.join(JIT_MODES)}")
-        _check(self.max_body_bytes >= 1024, "--max-body-bytes must be >= 1024")
-        _check(self.max_image_pixels >= 1, "--max-image-pixels must be >= 1")
-        _check(self.request_timeout_ms >= 1, "--request-timeout-ms must be >= 1")
-        _check(
+        check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}")
+        check(self.jit in JIT_MODES, f"--jit must be one of {', '.join(JIT_MODES)}")
+        check(self.max_body_bytes >= 1024, "--max-body-bytes must be >= 1024")
+        check(self.max_image_pixels >= 1, "--max-image-pixels must be >= 1")
+        check(self.request_timeout_ms >= 1, "--request-timeout-ms must be >= 1")
+        check(
             self.max_batch_delay_ms < self.request_timeout_ms,
             f"--max-batch-delay-ms ({self.max_batch_delay_ms:g}) must be below "
             f"--request-timeout-ms ({self.request_timeout_ms})",
         )
-        _check(self.drain_timeout_s >= 0, "--drain-timeout-s must be >= 0")
-        _check(self.decode_workers >= 0, "--decode-workers must be >= 0 (0: one per core)")
-        _check(
+        check(self.drain_timeout_s >= 0, "--drain-timeout-s must be >= 0")
+        check(self.decode_workers >= 0, "--decode-workers must be >= 0 (0: one per core)")
+        check(
             self.max_consecutive_failures >= 0,
             "--max-consecutive-failures must be >= 0 (0: never mark unhealthy)",
         )
-        _check(self.log_level in LOG_LEVELS, f"--log-level must be one of {LOG_LEVELS}")
-        _check(
+        check(self.log_level in LOG_LEVELS, f"--log-level must be one of {LOG_LEVELS}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            check(0 < getattr(self, name) <= 3600, f"{flag_name(name)} must be in (0, 3600]")
+        check(self.max_header_bytes >= 1024, "--max-header-bytes must be >= 1024")
+        check(self.max_headers >= 8, "--max-headers must be >= 8")
+        check(self.max_connections >= 1, "--max-connections must be >= 1")
+        check(self.max_inflight_bytes >= 0, "--max-inflight-bytes must be >= 0 (0: auto)")
+        check(
+            self.max_inflight_bytes == 0 or self.max_inflight_bytes >= self.max_body_bytes,
+            "--max-inflight-bytes must be at least --max-body-bytes, else the largest "
+            "accepted body never fits",
+        )
+        check(self.grpc_max_concurrent_streams >= 1, "--grpc-max-concurrent-streams must be >= 1")
+        check(
             self.model_control in MODEL_CONTROL_MODES,
             f"--model-control must be one of {', '.join(MODEL_CONTROL_MODES)}",
         )
-        _check(
+        check(
             self.load_models in ("all", "none") or bool(_MODEL_LIST_RE.match(self.load_models)),
             "--load-models must be all, none or a comma-separated list of model names",
         )
-        _check(
+        check(
             self.load_models != "none" or self.model_control == "explicit",
             "--load-models none serves nothing unless --model-control explicit lets models be "
             "loaded later",
@@ -193,7 +230,8 @@ class Settings:
         return self.auth_token_file.read_text(encoding="utf-8").strip()
 
 
-def _check(ok: bool, message: str) -> None:
+def check(ok: bool, message: str) -> None:
+    """Raise :class:`SettingsError` with ``message`` unless ``ok``."""
     if not ok:
         raise SettingsError(message)
 
@@ -219,70 +257,6 @@ def env_name(field: str) -> str:
 def flag_name(field_name: str) -> str:
     """The CLI flag of a setting."""
     return "--" + field_name.replace("_", "-")
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every setting to ``parser`` (defaults resolved later, see ``settings_from``)."""
-    for setting in fields(Settings):
-        meta = setting.metadata
-        metavar = meta["metavar"] or setting.name.split("_")[-1].upper()
-        if meta["parse"] is _bool:
-            metavar = "BOOL"
-        parser.add_argument(
-            flag_name(setting.name),
-            dest=setting.name,
-            default=None,
-            metavar=metavar,
-            help=f"{meta['help']} [env {env_name(setting.name)}; default {setting.default}]",
-        )
-
-
-def settings_from(
-    args: argparse.Namespace | Mapping[str, Any],
-    environ: Mapping[str, str] | None = None,
-) -> Settings:
-    """Resolve flags, then env vars, then defaults, convert and validate.
-
-    Args:
-        args: parsed flags (values are raw strings, None when absent).
-        environ: environment to read ``PREDICTOR_*`` from; ``os.environ`` by default.
-
-    Returns:
-        The validated settings.
-
-    Raises:
-        SettingsError: a value does not convert or fails validation.
-    """
-    env = os.environ if environ is None else environ
-    raw = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    values: dict[str, Any] = {}
-    for setting in fields(Settings):
-        name, flag = setting.name, flag_name(setting.name)
-        text = raw.get(name)
-        source = flag
-        if text is None and env_name(name) in env:
-            text, source = env[env_name(name)], env_name(name)
-        if text is None or (isinstance(text, str) and text == "" and source != flag):
-            continue
-        convert = setting.metadata["parse"]
-        try:
-            values[name] = convert(text) if isinstance(text, str) else text
-        except ValueError as exc:
-            raise SettingsError(f"{source}: invalid value {text!r} ({exc})") from None
-    return Settings(**values)
-
-
-def check_paths(settings: Settings) -> None:
-    """Check what the settings name on disk (called by ``main()``, before serving).
-
-    Raises:
-        SettingsError: the model directory is missing, or the token file is missing or empty.
-    """
-    _check(settings.model_dir.is_dir(), f"--model-dir {settings.model_dir} is not a directory")
-    token = settings.auth_token_file
-    if token is not None:
-        _check(token.is_file(), f"--auth-token-file {token} is not a readable file")
-        _check(bool(settings.auth_token()), f"--auth-token-file {token} is empty")
 
 
 def known_fields() -> Sequence[str]:

@@ -32,6 +32,7 @@ PROTOCOLS = ("v1", "v2", "grpc")
 # appears at 1 has no earlier sample to rise from) and "no rejections" reads 0, not "no data".
 REJECT_REASONS = (
     "queue_full",
+    "memory",
     "draining",
     "not_ready",
     "timeout",
@@ -42,6 +43,16 @@ REJECT_REASONS = (
     "cancelled",
     "engine_error",
     "internal",
+)
+
+
+#: Values of the ``reason`` label of ``predictor_refused_connections_total``.
+CONNECTION_REASONS = (
+    "header_timeout",
+    "body_timeout",
+    "header_bytes",
+    "header_count",
+    "connections",
 )
 
 
@@ -160,6 +171,19 @@ class Metrics:
             ["model"],
             registry=registry,
         )
+        self.refused_connections = Counter(
+            "predictor_refused_connections",
+            "HTTP connections refused or cut before a request reached a route, by reason "
+            "(header_timeout, body_timeout, header_bytes, header_count, connections).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in CONNECTION_REASONS:
+            self.refused_connections.labels(reason=reason)
+
+    def refused_connection(self, reason: str) -> None:
+        """Count an HTTP connection refused or cut at the connection level."""
+        self.refused_connections.labels(reason=reason).inc()
 
     def model_observer(self, model: str) -> ModelObserver:
         """The batch observer of one model."""

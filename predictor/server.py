@@ -29,6 +29,7 @@ from prometheus_client import REGISTRY
 from predictor.config import Settings
 from predictor.cpus import available_cpus
 from predictor.edge import docs_page
+from predictor.edge.connection import ConnectionLimits, protocol_class
 from predictor.edge.grpc_edge import GrpcEdge
 from predictor.edge.grpc_service import GrpcService, add_to_server
 from predictor.edge.http_api import HttpApi, routes
@@ -36,6 +37,14 @@ from predictor.edge.http_edge import HttpEdge
 from predictor.edge.routes import Router
 from predictor.gpu_metrics import GpuCollector
 from predictor.metrics import Metrics
+from predictor.runtime.budget import (
+    DEFAULT_BYTES,
+    MemoryBudget,
+    container_memory_limit,
+    default_budget,
+    limit_heap_arenas,
+    resident_bytes,
+)
 from predictor.runtime.decode_pool import DecodePool
 from predictor.runtime.threads import name_current_thread
 from predictor.serving.model import ImageModel
@@ -63,8 +72,29 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's limits, set on purpose (docs/operations.md lists them)."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.max_metadata_size", settings.max_header_bytes),
+        # Ping idle connections to find dead peers; let clients ping without calls, but
+        # not more often than every 10 s.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.max_connection_idle_ms", int(settings.keep_alive_timeout_s * 1000)),
+    ]
+
+
 async def _run(
-    settings: Settings, state: ServingState, repository: Repository, loaded: list[ImageModel]
+    settings: Settings,
+    state: ServingState,
+    repository: Repository,
+    loaded: list[ImageModel],
+    budget: MemoryBudget,
 ) -> int:
     loop = asyncio.get_running_loop()
     for model in loaded:
@@ -73,13 +103,23 @@ async def _run(
 
     http = _UvicornServer(
         uvicorn.Config(
-            HttpEdge(router, state, settings.max_body_bytes),
+            HttpEdge(router, state, settings.max_body_bytes, budget),
             host=settings.host,
             port=settings.http_port,
+            http=protocol_class(
+                ConnectionLimits(
+                    settings.header_timeout_s,
+                    settings.body_timeout_s,
+                    settings.max_header_bytes,
+                    settings.max_headers,
+                    settings.max_connections,
+                ),
+                state.metrics.refused_connection,
+            ),
             log_config=None,
             access_log=False,
             lifespan="off",
-            timeout_keep_alive=65,
+            timeout_keep_alive=int(settings.keep_alive_timeout_s),
             timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         )
     )
@@ -90,14 +130,11 @@ async def _run(
                 max_workers=4, thread_name_prefix="grpc", initializer=name_current_thread
             ),
             interceptors=(GrpcEdge(state),),
-            options=[
-                ("grpc.max_receive_message_length", settings.max_body_bytes),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
+            options=grpc_options(settings),
         )
         add_to_server(
             grpc_server,
-            GrpcService(state, repository),
+            GrpcService(state, repository, budget),
             repository_rpcs=settings.model_control == "explicit",
         )
         grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
@@ -179,9 +216,14 @@ def serve(settings: Settings) -> int:
     # unloaded model's memory is collected without unfreezing, and without that stall.
     gc.collect()
     gc.freeze()
+    limit_heap_arenas()
+    budget = MemoryBudget(settings.max_inflight_bytes or DEFAULT_BYTES)
     decode_pool = DecodePool(settings.effective_decode_workers)
-    repository = Repository(settings, state, decode_pool)
+    repository = Repository(settings, state, decode_pool, budget)
     loaded = repository.load_at_start(settings.models_to_load())
+    if not settings.max_inflight_bytes:
+        budget.limit_bytes = default_budget(resident_bytes(), container_memory_limit())
+    log.info("memory budget for requests in flight: %d MiB", budget.limit_bytes >> 20)
     # Every visible GPU, not only those of the models loaded now: more may load later.
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus:
@@ -194,7 +236,7 @@ def serve(settings: Settings) -> int:
         settings.grpc_port if settings.enable_grpc else "off",
     )
     try:
-        return _event_loop_run(_run(settings, state, repository, loaded))
+        return _event_loop_run(_run(settings, state, repository, loaded, budget))
     finally:
         decode_pool.shutdown()
 

@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 from predictor import __version__
-from predictor.config import Settings, known_fields, settings_from
+from predictor.config import Settings, known_fields
+from predictor.config_sources import settings_from
 from tests.chart_support import (
     CHART,
     CRD_FILES,
@@ -219,6 +220,18 @@ def test_env_vars_carry_the_values_and_parse_as_settings() -> None:
             "grpc": {"enabled": False},
             "modelControl": "explicit",
             "docs": False,
+            "limits": {
+                "maxBodyBytes": 8_000_000,
+                "maxImagePixels": 20_000_000,
+                "headerTimeoutSeconds": 7.5,
+                "bodyTimeoutSeconds": 12,
+                "keepAliveTimeoutSeconds": 75,
+                "maxHeaderBytes": 32768,
+                "maxHeaders": 50,
+                "maxConnections": 300,
+                "maxInflightBytes": 3_000_000_000,
+                "grpcMaxConcurrentStreams": 64,
+            },
         }
     )
     env = r.env
@@ -244,6 +257,12 @@ def test_env_vars_carry_the_values_and_parse_as_settings() -> None:
     assert (settings.max_batch_size, settings.queue_capacity) == (16, 1_000_000)
     assert (settings.dtype, settings.max_batch_delay_ms) == ("bfloat16", 2.5)
     assert (settings.model_control, settings.docs) == ("explicit", False)
+    assert (settings.header_timeout_s, settings.body_timeout_s) == (7.5, 12)
+    assert (settings.max_header_bytes, settings.max_headers) == (32768, 50)
+    assert (settings.max_connections, settings.max_inflight_bytes) == (300, 3_000_000_000)
+    assert (settings.max_body_bytes, settings.max_image_pixels) == (8_000_000, 20_000_000)
+    assert settings.grpc_max_concurrent_streams == 64
+    assert settings.keep_alive_timeout_s == 75
     defaults = render({}).env
     assert (defaults["PREDICTOR_MODEL_CONTROL"], defaults["PREDICTOR_DOCS"]) == ("none", "true")
 

@@ -9,15 +9,8 @@ from pathlib import Path
 import pytest
 
 from predictor.cli import build_parser
-from predictor.config import (
-    Settings,
-    SettingsError,
-    check_paths,
-    env_name,
-    flag_name,
-    known_fields,
-    settings_from,
-)
+from predictor.config import Settings, SettingsError, env_name, flag_name, known_fields
+from predictor.config_sources import check_paths, settings_from
 from tests.support import DIGITS, ROOT
 
 

@@ -12,8 +12,8 @@ from predictor.runtime.devices import DeviceError, resolve_devices, resolve_dtyp
 from predictor.runtime.engine import Engine, warmup_sizes
 from predictor.store.manifest import InputSpec, read_manifest
 from predictor.store.weights import load_module
-from predictor.tasks import engine_for
 from predictor.tasks.classification_runner import ClassificationRunner
+from predictor.tasks.registry import engine_for
 from tests.support import DIGITS
 
 CUDA = torch.cuda.is_available()

@@ -14,7 +14,7 @@ import torch
 from predictor.cli import main
 from predictor.store.manifest import read_manifest
 from predictor.store.weights import load_module
-from predictor.tasks import engine_for
+from predictor.tasks.registry import engine_for
 from tests.support import ROOT
 
 

@@ -28,6 +28,7 @@ LAYERS = {
     "runtime": 4,
     "store": 5,
     "config": 6,
+    "config_sources": 6,
     "cpus": 6,
     "errors": 6,
     "metrics": 6,

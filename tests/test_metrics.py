@@ -108,10 +108,11 @@ def test_model_series_carry_the_model_label_and_observed_values() -> None:
         ("model", "resnet"),
     ) in info
     assert len(info) == 4
-    # every model-level series has a model label
-    model_level = {name for (name, lbl) in samples if name.startswith("predictor_")}
+    # every model-level series has a model label; refused connections are
+    # counted before any model is known, so they are server-level
+    server_level = {"predictor_refused_connections_total"}
     for name, labels in samples:
-        if name in model_level:
+        if name.startswith("predictor_") and name not in server_level:
             assert "model" in dict(labels), name
 
 

@@ -13,7 +13,7 @@ import torch
 from predictor.store import archs
 from predictor.store.manifest import ModelStoreError, discover, read_manifest
 from predictor.store.weights import load_module
-from predictor.tasks import engine_for
+from predictor.tasks.registry import engine_for
 from tests.support import DIGITS
 
 

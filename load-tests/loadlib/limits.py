@@ -45,7 +45,7 @@ def engine_limits(
     """
     from predictor.store.manifest import discover
     from predictor.store.weights import load_module
-    from predictor.tasks import engine_for
+    from predictor.tasks.registry import engine_for
 
     spec = discover(model_dir)[0]
     module = load_module(spec)

@@ -46,7 +46,7 @@ class ImageAPI(ls.LitAPI):  # type: ignore[misc]
         """Load the module onto ``device`` and warm the engine up."""
         from predictor.store.manifest import discover
         from predictor.store.weights import load_module
-        from predictor.tasks import engine_for
+        from predictor.tasks.registry import engine_for
 
         self.spec = discover(self.model_dir)[0]
         module = load_module(self.spec)

@@ -59,7 +59,7 @@ class Inference(Worker):
         super().__init__()  # type: ignore[no-untyped-call]
         from predictor.store.manifest import discover
         from predictor.store.weights import load_module
-        from predictor.tasks import engine_for
+        from predictor.tasks.registry import engine_for
 
         self.spec = discover(_model_dir())[0]
         max_batch = int(os.environ["MOSEC_PEER_MAX_BATCH_SIZE"])

@@ -29,8 +29,8 @@ from sklearn.model_selection import train_test_split
 
 from predictor.store.archs import DigitsCNN
 from predictor.store.manifest import read_manifest
-from predictor.tasks import engine_for
 from predictor.tasks.classification import decode_image
+from predictor.tasks.registry import engine_for
 
 HERE = Path(__file__).resolve().parent
 SIZE = 32

@@ -16,7 +16,7 @@ from grpc import aio
 from grpc_interceptor.server import AsyncServerInterceptor
 
 from predictor.edge.accounting import Account
-from predictor.errors import Draining, PredictorError, Unauthorized, translate
+from predictor.errors import BadInput, Draining, PredictorError, Unauthorized, translate
 from predictor.serving.state import ServingState
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,10 @@ class GrpcEdge(AsyncServerInterceptor):
     ) -> Any:
         """Run one RPC under the edge's checks."""
         if method_name != INFER:
-            if method_name not in OPEN_METHODS and not self._authorized(context):
-                await _abort(context, Unauthorized("missing or invalid bearer token"))
             try:
+                if method_name not in OPEN_METHODS and not self._authorized(context):
+                    raise Unauthorized("missing or invalid bearer token")
+                _check_message(request_or_iterator)
                 return await method(request_or_iterator, context)
             except Exception as exc:
                 if _is_abort(exc):
@@ -59,6 +60,7 @@ class GrpcEdge(AsyncServerInterceptor):
             try:
                 if not self._authorized(context):
                     raise Unauthorized("missing or invalid bearer token")
+                _check_message(request_or_iterator)
                 model = self.state.models.get(name or "")
                 if self.state.closing or (model is not None and model.closed):
                     raise Draining("server is shutting down; retry on another replica")
@@ -76,10 +78,13 @@ class GrpcEdge(AsyncServerInterceptor):
                 await self._fail(exc, context, method_name)
 
     def _authorized(self, context: aio.ServicerContext) -> bool:
+        """The token check; two ``authorization`` entries are refused (INVALID_ARGUMENT)."""
+        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        if len(values) > 1:
+            raise BadInput("the request holds more than one authorization entry")
         if self.state.auth_token is None:
             return True
-        metadata = dict(context.invocation_metadata() or ())
-        return self.state.authorized(metadata.get("authorization"))
+        return self.state.authorized(values[0] if values else None)
 
     async def _fail(
         self, exc: Exception, context: aio.ServicerContext, method_name: str
@@ -97,6 +102,34 @@ async def _abort(context: aio.ServicerContext, error: PredictorError) -> NoRetur
         context.set_trailing_metadata((("retry-after", str(error.retry_after_s)),))
     await context.abort(error.grpc_code, error.message)
     raise AssertionError("abort returned")
+
+
+class Malformed:
+    """What a request that is not a valid protobuf message decodes to (see :func:`lenient`)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def lenient(parse: Callable[[bytes], Any], kind: str) -> Callable[[bytes], Any]:
+    """A request deserializer that hands over :class:`Malformed` instead of raising.
+
+    gRPC answers a deserializer's exception with ``INTERNAL`` and a logged traceback; this
+    way the edge answers ``INVALID_ARGUMENT`` and counts it as bad input.
+    """
+
+    def parse_or_mark(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # protobuf's DecodeError and friends: a malformed message
+            return Malformed(kind)
+
+    return parse_or_mark
+
+
+def _check_message(request: Any) -> None:
+    if isinstance(request, Malformed):
+        raise BadInput(f"the request is not a valid {request.kind} message")
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ answers are KServe's messages, which Triton's (empty) ones parse without complai
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,7 +29,9 @@ from kserve.utils.utils import to_headers
 
 from predictor import __version__
 from predictor.edge import protocols
+from predictor.edge.grpc_edge import lenient
 from predictor.errors import BadInput, UnknownModel
+from predictor.runtime.budget import MemoryBudget
 from predictor.serving import model_docs
 from predictor.serving.model import ImageModel
 from predictor.serving.repository import Repository
@@ -135,11 +138,15 @@ class GrpcService:
     Args:
         state: the shared serving state.
         repository: the model repository.
+        budget: the memory budget inference messages are held against while in flight.
     """
 
-    def __init__(self, state: ServingState, repository: Repository) -> None:
+    def __init__(
+        self, state: ServingState, repository: Repository, budget: MemoryBudget | None = None
+    ) -> None:
         self.state = state
         self.repository = repository
+        self.budget = budget
 
     def _model(self, name: str, version: str = "") -> ImageModel:
         model = self.repository.get(name)
@@ -193,10 +200,13 @@ class GrpcService:
         model = self._model(request.model_name, request.model_version)
         InferenceServicer.validate_grpc_request(request)
         headers = to_headers(context)
-        image_request = protocols.decode_request(
-            InferRequest.from_grpc(request), headers, model.batcher.capacity, model.task.outputs
-        )
-        answer, _ = await model(image_request, headers=headers)
+        with contextlib.ExitStack() as held:
+            if self.budget is not None:
+                held.enter_context(self.budget.hold(request.ByteSize(), "this request"))
+            image_request = protocols.decode_request(
+                InferRequest.from_grpc(request), headers, model.batcher.capacity, model.task.outputs
+            )
+            answer, _ = await model(image_request, headers=headers)
         if not isinstance(answer, V2Answer):
             raise TypeError(f"a v2 request was answered with {type(answer).__name__}")
         return to_infer_response(answer, image_request.binary_outputs).to_grpc()
@@ -265,7 +275,7 @@ def add_to_server(server: aio.Server, service: GrpcService, repository_rpcs: boo
         method: Callable[[Any, Any], Awaitable[Message]] = getattr(service, name)
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             method,
-            request_deserializer=request_type.FromString,
+            request_deserializer=lenient(request_type.FromString, name + "Request"),
             response_serializer=response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

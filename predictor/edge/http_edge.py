@@ -21,6 +21,7 @@ import orjson
 from predictor.edge.accounting import Account
 from predictor.edge.routes import Answer, HttpRequest, Route, Router
 from predictor.errors import (
+    BadInput,
     Draining,
     MethodNotAllowed,
     PredictorError,
@@ -28,6 +29,7 @@ from predictor.errors import (
     Unauthorized,
     translate,
 )
+from predictor.runtime.budget import Held, MemoryBudget
 from predictor.serving.state import ServingState
 
 log = logging.getLogger(__name__)
@@ -77,12 +79,20 @@ class HttpEdge:
         router: the routes served.
         state: the shared serving state.
         max_body_bytes: larger bodies are refused with 413.
+        budget: the memory budget inference bodies are held against while in flight.
     """
 
-    def __init__(self, router: Router, state: ServingState, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        router: Router,
+        state: ServingState,
+        max_body_bytes: int,
+        budget: MemoryBudget | None = None,
+    ) -> None:
         self.router = router
         self.state = state
         self.max_body_bytes = max_body_bytes
+        self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope."""
@@ -112,6 +122,7 @@ class HttpEdge:
         receive: Receive,
     ) -> Answer:
         try:
+            _check_credentials(scope)
             if not route.open and not self.state.authorized(headers.get("authorization")):
                 raise Unauthorized("missing or invalid bearer token")
             body = b""
@@ -143,14 +154,18 @@ class HttpEdge:
     ) -> tuple[Answer, PredictorError | None]:
         """The answer and, for a failure, the error it reports."""
         headers = _headers(scope)
+        held = Held(self.budget, "this request body")
         try:
+            _check_credentials(scope)
             if not self.state.authorized(headers.get("authorization")):
                 raise Unauthorized("missing or invalid bearer token")
             model = self.state.models.get(params.get("model", ""))
             if self.state.closing or (model is not None and model.closed):
                 raise Draining("server is shutting down; retry on another replica")
-            self._check_length(headers)
-            body = await self._read_body(receive)
+            length = self._check_length(headers)
+            if length:
+                held.take(length)
+            body = await self._read_body(receive, held if not length else None)
             request = HttpRequest(route.method, scope["path"], params, headers, body)
             return await _cancel_on_disconnect(route.handler(request), receive), None
         except _ClientGone:
@@ -160,15 +175,19 @@ class HttpEdge:
             if error is not None:
                 return error_answer(error), error
             return internal_error(scope, headers, exc), PredictorError("internal")
+        finally:
+            held.give_back()
 
-    def _check_length(self, headers: dict[str, str]) -> None:
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            raise TooLarge(
-                f"body of {int(length)} bytes exceeds the limit of {self.max_body_bytes}"
-            )
+    def _check_length(self, headers: dict[str, str]) -> int:
+        """The declared body length (0 when none), refused over the limit."""
+        text = headers.get("content-length", "")
+        length = int(text) if text.isdigit() and len(text) < 19 else 0
+        if length > self.max_body_bytes or (text.isdigit() and len(text) >= 19):
+            raise TooLarge(f"body of {text[:20]} bytes exceeds the limit of {self.max_body_bytes}")
+        return length
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    async def _read_body(self, receive: Receive, held: Held | None = None) -> bytes:
+        """The whole body; chunks of a body of unknown length are held as they arrive."""
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -179,9 +198,17 @@ class HttpEdge:
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise TooLarge(f"body exceeds the limit of {self.max_body_bytes} bytes")
+            if held is not None and chunk:
+                held.take(len(chunk))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _check_credentials(scope: Scope) -> None:
+    """Two ``Authorization`` headers in one request are refused (400), not guessed at."""
+    if sum(1 for key, _ in scope["headers"] if key == b"authorization") > 1:
+        raise BadInput("the request holds more than one Authorization header")
 
 
 def _headers(scope: Scope) -> dict[str, str]:

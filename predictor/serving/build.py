@@ -19,7 +19,7 @@ from predictor.serving.model import ImageModel
 from predictor.serving.model_config import ModelSettings, ServerLimits
 from predictor.store.manifest import ModelSpec
 from predictor.store.weights import load_module
-from predictor.tasks import engine_for, task_for
+from predictor.tasks.registry import engine_for, task_for
 
 log = logging.getLogger("predictor")
 

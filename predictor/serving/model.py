@@ -35,6 +35,7 @@ from predictor.serving.model_config import ModelSettings, ServerLimits
 from predictor.serving.request import ImageRequest
 from predictor.store.manifest import ModelSpec
 from predictor.tasks.base import Item, Task, Tensor, V2Answer
+from predictor.tasks.images import DecodeLimits
 
 if TYPE_CHECKING:
     from predictor.runtime.engine import Engine
@@ -93,7 +94,7 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         #: Per-request defaults (the task's parameters), changeable while serving.
         self.defaults: dict[str, Any] = {**task.defaults(), **settings.defaults}
         self._decode_pool = decode_pool
-        self._max_pixels = limits.max_image_pixels
+        self._decode_limits = DecodeLimits(limits.max_image_pixels, limits.budget)
         self._timeout_s = limits.request_timeout_s
         self._max_failures = limits.max_consecutive_failures
         self.ready = True
@@ -194,14 +195,22 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         try:
             jobs = [self._decode_pool.run(self._prepare_one, image) for image in request.images]
             outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+            del jobs  # the futures hold the outcomes too
             items: list[Item] = []
+            failure: BaseException | None = None
             for index, outcome in enumerate(outcomes):
                 label = request.label(index)
                 if isinstance(outcome, PredictorError) and label is not None:
                     outcome.message = f"{label}: {outcome.message}"
                 if isinstance(outcome, BaseException):
-                    raise outcome
+                    failure = outcome
+                    break
                 items.append(outcome)
+            if failure is not None:
+                # Not raised from the list: its traceback would reach this frame, which
+                # holds the list, and the images would live on in a reference cycle.
+                del outcomes, outcome
+                raise failure
             if loop.time() >= deadline:
                 raise DeadlineExceeded("deadline passed while decoding the images")
         except BaseException:
@@ -210,7 +219,7 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         return Prepared(request, items, parameters, deadline, ticket)
 
     def _prepare_one(self, image: bytes | Any) -> Item:
-        return self.task.prepare(image, self._max_pixels)
+        return self.task.prepare(image, self._decode_limits)
 
     async def predict(self, prepared: Prepared, headers: dict[str, str] | None = None) -> Predicted:
         """Submit each image under the ticket; await all results before the deadline."""

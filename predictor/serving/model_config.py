@@ -26,6 +26,7 @@ from predictor.config import DTYPES, Settings
 from predictor.errors import BadInput
 
 if TYPE_CHECKING:
+    from predictor.runtime.budget import MemoryBudget
     from predictor.tasks.base import Task
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
@@ -87,11 +88,13 @@ class ServerLimits:
         max_image_pixels: larger images are refused (413) from their header.
         request_timeout_s: the server's deadline; per-request timeouts can only shorten it.
         max_consecutive_failures: failed batches in a row before unhealthy (0: never).
+        budget: the process's memory budget decodes are held against (None: unbounded).
     """
 
     max_image_pixels: int
     request_timeout_s: float
     max_consecutive_failures: int
+    budget: MemoryBudget | None = None
 
 
 # -- validation of client-supplied values -------------------------------------------------------

@@ -29,6 +29,7 @@ from predictor.errors import (
     PredictorError,
     UnknownModel,
 )
+from predictor.runtime.budget import MemoryBudget
 from predictor.runtime.decode_pool import DecodePool
 from predictor.runtime.devices import DeviceError
 from predictor.runtime.memory import release_memory
@@ -38,7 +39,7 @@ from predictor.serving.model import ImageModel
 from predictor.serving.model_config import ModelSettings, ServerLimits, parse_load_config
 from predictor.serving.state import ServingState
 from predictor.store.manifest import ModelSpec, ModelStoreError, read_manifest, scan
-from predictor.tasks import task_for
+from predictor.tasks.registry import task_for
 
 log = logging.getLogger("predictor")
 
@@ -60,9 +61,16 @@ class Repository:
         settings: server settings (model directory, serving defaults, limits).
         state: the shared serving state; its ``models`` dict is what the edges serve.
         decode_pool: the shared image-decoding pool every model uses.
+        budget: the process's memory budget decodes are held against.
     """
 
-    def __init__(self, settings: Settings, state: ServingState, decode_pool: DecodePool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state: ServingState,
+        decode_pool: DecodePool,
+        budget: MemoryBudget | None = None,
+    ) -> None:
         self.state = state
         self.models = state.models
         self._model_dir = settings.model_dir
@@ -73,6 +81,7 @@ class Repository:
             settings.max_image_pixels,
             settings.request_timeout_s,
             settings.max_consecutive_failures,
+            budget,
         )
         self._decode_pool = decode_pool
         self._status: dict[str, Status] = {}

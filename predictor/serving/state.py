@@ -41,7 +41,9 @@ class ServingState:
             return True
         if not header_value or not header_value.startswith("Bearer "):
             return False
-        offered = header_value[len("Bearer ") :].strip().encode()
+        # Only ASCII spaces and tabs are optional whitespace around a header value (RFC 9110);
+        # a token padded with other characters (non-breaking spaces...) does not match.
+        offered = header_value[len("Bearer ") :].strip(" \t").encode("utf-8", "surrogateescape")
         return hmac.compare_digest(offered, self.auth_token.encode())
 
     def enter(self, model: str) -> None:

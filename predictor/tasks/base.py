@@ -12,13 +12,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from predictor.errors import BadInput
 from predictor.runtime.engine import BatchRunner
 from predictor.store.manifest import ModelSpec
+
+if TYPE_CHECKING:
+    from predictor.tasks.images import DecodeLimits
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,13 @@ class Task(ABC):
         """
 
     @abstractmethod
-    def prepare(self, payload: bytes | np.ndarray, max_pixels: int) -> Item:
+    def prepare(self, payload: bytes | np.ndarray, limits: DecodeLimits) -> Item:
         """One encoded image (or a preprocessed tensor) as a batch item (in the decode pool).
 
         Raises:
             BadInput: not a usable image.
-            TooLarge: more pixels than ``max_pixels``.
+            TooLarge: more pixels than ``limits.max_pixels``.
+            MemoryFull: the memory budget cannot hold the decode now.
         """
 
     @abstractmethod

@@ -20,7 +20,7 @@ from predictor.errors import BadInput
 from predictor.runtime.engine import BatchRunner
 from predictor.store.manifest import InputSpec
 from predictor.tasks.base import Item, Task, positive_int
-from predictor.tasks.images import open_image
+from predictor.tasks.images import DecodeLimits, open_image
 
 #: Above this many pixels, the resize works on the crop's source region only, so a very
 #: thin image (1 x 40M pixels) never becomes a multi-gigabyte intermediate.
@@ -68,13 +68,13 @@ def top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> TopK:
     return TopK(names, probabilities[ids].astype(np.float32), ids)
 
 
-def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, spec: InputSpec, limits: int | DecodeLimits) -> np.ndarray:
     """Decode one encoded image into the model's input pixels.
 
     Args:
         data: the encoded image (JPEG, PNG, WebP or BMP).
         spec: the model's input spec (colour mode, resize, crop).
-        max_pixels: images with more pixels are refused from their header, before decoding.
+        limits: the pixel limit (and memory budget); a bare number is the pixel limit.
 
     Returns:
         ``uint8`` array of shape ``(crop_h, crop_w, channels)``.
@@ -83,13 +83,15 @@ def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
         BadInput: not a usable image (see :func:`predictor.tasks.images.open_image`).
         TooLarge: the header announces more than ``max_pixels`` pixels.
     """
-    image = open_image(data, max_pixels, spec.color, spec.background, spec.resize)
-    try:
-        return resize_crop(image, spec)
-    except MemoryError:
-        raise
-    except Exception as exc:  # a degenerate size Pillow cannot resample
-        raise BadInput(f"corrupt or truncated image ({type(exc).__name__})") from None
+    if isinstance(limits, int):
+        limits = DecodeLimits(limits)
+    with open_image(data, limits, spec.color, spec.background, spec.resize) as image:
+        try:
+            return resize_crop(image, spec)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a degenerate size Pillow cannot resample
+            raise BadInput(f"corrupt or truncated image ({type(exc).__name__})") from None
 
 
 class Classification(Task):
@@ -110,10 +112,10 @@ class Classification(Task):
             checked["top_k"] = positive_int(values["top_k"], "parameters.top_k")
         return checked
 
-    def prepare(self, payload: bytes | np.ndarray, max_pixels: int) -> Item:
+    def prepare(self, payload: bytes | np.ndarray, limits: DecodeLimits) -> Item:
         """Crop pixels from an encoded image; an FP32 tensor is checked as it is."""
         if isinstance(payload, bytes):
-            return Item(decode_image(payload, self.spec.input, max_pixels))
+            return Item(decode_image(payload, self.spec.input, limits))
         return Item(check_tensor(payload, self.spec.input))
 
     def runner(

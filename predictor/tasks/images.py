@@ -7,27 +7,32 @@ Every failure a client can cause is a :class:`~predictor.errors.BadInput` (400) 
 :class:`~predictor.errors.TooLarge` (413) with a one-line message that never quotes the
 payload; only ``MemoryError`` (the server's own limit, a 500) passes through. Work and
 memory per image are bounded before decoding: the declared size against ``max_pixels``
-(WebP from its header, as libwebp allocates the canvas on open) and the number of JPEG
-scans; a JPEG much larger than the model's input is decoded DCT-domain downscaled.
+(WebP from its header, as libwebp allocates the canvas on open), and the memory the decode
+needs is held against the process's budget; JPEGs are checked strictly and a JPEG much
+larger than the model's input is decoded DCT-domain downscaled (:mod:`.jpeg`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from predictor.errors import BadInput, TooLarge
+from predictor.errors import BadInput, Overloaded, TooLarge
+from predictor.runtime.budget import Held, MemoryBudget
+from predictor.tasks import jpeg
 
 #: Formats accepted; anything else Pillow could open (e.g. TIFF, GIF) is refused.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 
-#: Progressive JPEGs holding more scans than this are refused before decoding: every scan
-#: passes over the whole image, so a small file of many tiny scans costs minutes of CPU.
-#: Encoders write about 10 (libjpeg's default script) and rarely more than 64.
-MAX_JPEG_SCANS = 128
+#: Kept here for callers of this module; see :mod:`predictor.tasks.jpeg`.
+MAX_JPEG_SCANS = jpeg.MAX_JPEG_SCANS
 
 
 def lift_pillow_bomb_guard() -> None:
@@ -41,60 +46,113 @@ def lift_pillow_bomb_guard() -> None:
     Image.MAX_IMAGE_PIXELS = None
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What bounds the decoding of one image.
+
+    Attributes:
+        max_pixels: images with more pixels are refused from their header (413).
+        budget: the process's memory budget the decode is held against, if any.
+    """
+
+    max_pixels: int
+    budget: MemoryBudget | None = None
+
+
+@contextlib.contextmanager
 def open_image(
-    data: bytes, max_pixels: int, color: str, background: int, shorter_side: int | None
-) -> Image.Image:
+    data: bytes, limits: DecodeLimits, color: str, background: int, shorter_side: int | None
+) -> Iterator[Image.Image]:
     """Decode one encoded image, oriented as a viewer shows it, in the colour mode ``color``.
 
-    ``max_pixels`` is applied from the header, before decoding (see
-    :func:`lift_pillow_bomb_guard` for Pillow's own limit).
+    A context manager: the memory the decode needs, costed from the header before decoding,
+    is held against the budget until the ``with`` block ends. ``limits.max_pixels`` is
+    applied from the header too (see :func:`lift_pillow_bomb_guard` for Pillow's own).
 
     Args:
         data: the encoded image (JPEG, PNG, WebP or BMP).
-        max_pixels: images with more pixels are refused from their header, before decoding.
+        limits: the pixel limit and the memory budget.
         color: ``RGB`` or ``L``.
         background: grey level transparent pixels are composited over.
         shorter_side: the size the caller resizes the shorter side to, if known: a JPEG is
             then decoded DCT-domain downscaled (at least this big), never at full size.
 
-    Returns:
+    Yields:
         The loaded image.
 
     Raises:
-        BadInput: empty, truncated, corrupt or unsupported data; a JPEG of more than
-            :data:`MAX_JPEG_SCANS` scans.
-        TooLarge: the header announces more than ``max_pixels`` pixels.
+        BadInput: empty, truncated, corrupt or unsupported data (JPEGs strictly, see
+            :mod:`predictor.tasks.jpeg`).
+        TooLarge: the header announces more than ``limits.max_pixels`` pixels.
+        MemoryFull: the memory budget cannot hold the decode now (503).
     """
     if not data:
         raise BadInput("empty image payload")
+    held = Held(limits.budget, "decoding this image")
+    try:
+        if data[:2] == b"\xff\xd8":
+            image = _open_jpeg(data, limits, shorter_side, held)
+        else:
+            image = _open_other(data, limits, held)
+        yield to_mode(image, color, background)
+    finally:
+        held.give_back()
+
+
+def _open_jpeg(data: bytes, limits: DecodeLimits, shorter: int | None, held: Held) -> Image.Image:
+    jpeg.check_structure(data)
+    width, height, colorspace = jpeg.header(data)
+    _check_pixels(width, height, limits.max_pixels)
+    scale = 1.0 if shorter is None else min(1.0, shorter / max(1, min(width, height)))
+    bands = 1 if colorspace == "Gray" else 4 if colorspace in ("CMYK", "YCCK") else 3
+    # The decoded image (libjpeg scales by 1/8 steps, so at most twice the target) and the
+    # copies orienting and converting it make.
+    held.take(_cost(width, height, 2 * bands, min(1.0, 2 * scale)))
+    image = jpeg.decode(data, colorspace, shorter)
+    return jpeg.orient(image, jpeg.orientation(data))
+
+
+def _open_other(data: bytes, limits: DecodeLimits, held: Held) -> Image.Image:
     declared = _webp_canvas(data)
     if declared is not None:
-        _check_pixels(*declared, max_pixels)
-    if data[:2] == b"\xff\xd8":
-        # In entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so this
-        # counts start-of-scan markers (plus any in an embedded thumbnail).
-        scans = data.count(b"\xff\xda")
-        if scans > MAX_JPEG_SCANS:
-            raise BadInput(f"JPEG holds {scans} scans; the limit is {MAX_JPEG_SCANS}")
+        _check_pixels(*declared, limits.max_pixels)
     try:
         image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
-        _check_pixels(*image.size, max_pixels)
-        if shorter_side is not None:
-            _draft(image, shorter_side, color)
+        _check_pixels(*image.size, limits.max_pixels)
+        held.take(_cost(*image.size, _bytes_per_pixel(image), 1.0))
         image.load()
-        image = _orient(image)
-        return to_mode(image, color, background)
-    except (BadInput, TooLarge, MemoryError):
+        return _orient(image)
+    except (BadInput, TooLarge, MemoryError, Overloaded):
         raise  # MemoryError is the server's limit, not the client's fault: a 500
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{found.group(1)} pixels" if found else "larger than Pillow allows"
-        raise TooLarge(f"image is {size}; the limit is {max_pixels}") from None
+        raise TooLarge(f"image is {size}; the limit is {limits.max_pixels}") from None
     except UnidentifiedImageError:
         raise BadInput(f"payload is not a supported image ({', '.join(FORMATS)})") from None
     except Exception as exc:  # Pillow raises many types on hostile input; all are bad input
         # The message is fixed text: Pillow's own may quote bytes of the payload.
         raise BadInput(f"corrupt or truncated image ({type(exc).__name__})") from None
+
+
+def _bytes_per_pixel(image: Image.Image) -> int:
+    """Bytes per pixel a decode holds at its peak (the copies :func:`to_mode` makes).
+
+    Deep modes (16- and 32-bit) pay for the image, the float32 array scaling it to 8 bits,
+    the 8-bit result and its RGB copy; images with alpha for the RGBA copy, the backdrop,
+    the composite and the RGB result; others for the image and one converted copy.
+    """
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return 4 + 4 + 1 + 3
+    if mode in ("RGBA", "LA", "La", "PA", "RGBa") or "transparency" in image.info:
+        return 4 * 4 + 3
+    return 2 * {"1": 1, "L": 1, "P": 4}.get(mode, 4)
+
+
+def _cost(width: int, height: int, bytes_per_pixel: int, scale: float) -> int:
+    """Bytes a decode of ``width`` x ``height`` holds, decoded at ``scale``."""
+    return math.ceil(width * scale) * math.ceil(height * scale) * bytes_per_pixel
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -133,17 +191,6 @@ def _orient(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image) or image
 
 
-def _draft(image: Image.Image, shorter_side: int, color: str) -> None:
-    """Ask libjpeg for a DCT-domain downscale that still covers the resize target."""
-    if image.format != "JPEG":
-        return
-    width, height = image.size
-    scale = shorter_side / min(width, height)
-    if scale < 0.5:
-        target = (max(1, int(width * scale)), max(1, int(height * scale)))
-        image.draft(color if image.mode in ("RGB", "L") else None, target)
-
-
 def to_mode(image: Image.Image, color: str, background: int = 255) -> Image.Image:
     """Convert any Pillow mode to the colour mode ``color`` (``RGB`` or ``L``).
 
@@ -156,13 +203,15 @@ def to_mode(image: Image.Image, color: str, background: int = 255) -> Image.Imag
     """
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # One float32 working copy, scaled in place (a 40-megapixel image is 160 MB of it).
         with np.errstate(invalid="ignore"):  # signalling NaNs in "F" images
-            array = np.nan_to_num(
-                np.asarray(image, dtype=np.float64), nan=0.0, posinf=65535.0, neginf=0.0
-            )
+            array = np.array(image, dtype=np.float32)
+            np.nan_to_num(array, copy=False, nan=0.0, posinf=65535.0, neginf=0.0)
         top = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        scaled = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
-        image = Image.fromarray(scaled)
+        array *= np.float32(255.0 / top)
+        np.clip(np.rint(array, out=array), 0, 255, out=array)
+        image = Image.fromarray(array.astype(np.uint8))
+        del array
         mode = "L"
     try:
         if mode in ("P", "L", "RGB") and "transparency" in image.info:
