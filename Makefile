@@ -1,5 +1,5 @@
 # gpu-predictor: two commands from a fresh clone (only Python >= 3.11 and git needed).
-#   make serve   serve the digits demo model on http://localhost:8080 (gRPC on :8081)
+#   make serve   serve the demo models (digits, shapes) on http://localhost:8080 (gRPC :8081)
 #   make test    install everything the tests need, then ruff, mypy and the whole test suite
 # uv is bootstrapped into .tools/ from PyPI; dependencies come from uv.lock.
 

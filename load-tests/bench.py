@@ -91,6 +91,22 @@ WORKLOADS: dict[str, Workload] = {
             systems=("ours", "ours-nobatch"),
             about="the same tiny model fed photo-sized JPEGs: decode-bound",
         ),
+        Workload(
+            "shapes",
+            "shapes",
+            "scenes",
+            systems=("ours", "ours-nobatch"),
+            about="detection: the shapes demo detector (FCOS, 192-384 px) fed its own scenes, "
+            "160-640 px of mixed sizes and aspects; no peer batches mixed-size detection",
+        ),
+        Workload(
+            "fasterrcnn_mobilenet_320",
+            "fasterrcnn_mobilenet_320",
+            "photos",
+            systems=("ours", "ours-nobatch"),
+            about="detection: torchvision's fasterrcnn_mobilenet_v3_large_320_fpn (random "
+            "weights, 320-640 px) fed photo-sized JPEGs",
+        ),
     )
 }
 

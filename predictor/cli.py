@@ -34,10 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     export = commands.add_parser(
         "export",
-        help="write a model directory for a torchvision classification architecture",
+        help="write a model directory for a torchvision classifier or detector",
         description="Write model.json, weights and labels for ARCH into --output.",
     )
-    export.add_argument("arch", metavar="ARCH", help="e.g. resnet18, resnet50, mobilenet_v3_small")
+    export.add_argument(
+        "arch",
+        metavar="ARCH",
+        help="a classifier (e.g. resnet18, mobilenet_v3_small) or a detector (e.g. "
+        "fasterrcnn_mobilenet_v3_large_fpn, retinanet_resnet50_fpn_v2, ssd300_vgg16)",
+    )
     export.add_argument("--output", required=True, type=Path, metavar="DIR")
     export.add_argument(
         "--weights",
@@ -53,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="state-dict (weights.pt, loaded with weights_only=True) or a torch.export "
         "program (model.pt2, dynamic batch dimension)",
     )
-    export.add_argument("--top-k", type=int, default=5, help="default top_k of the manifest")
+    export.add_argument("--top-k", type=int, default=5, help="a classifier's default top_k")
+    export.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="a detector's default score threshold (0..1)",
+    )
+    export.add_argument(
+        "--max-detections", type=int, default=100, help="a detector's default detections per image"
+    )
     return parser
 
 
@@ -100,9 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "export":
         logging.basicConfig(level="INFO", format="%(message)s")
         from predictor.store.export import ExportError, export_model
+        from predictor.store.spec import MAX_DETECTIONS, Thresholds
 
+        if not 0 <= args.score_threshold <= 1 or not 1 <= args.max_detections <= MAX_DETECTIONS:
+            parser.exit(
+                2,
+                "gpu-predictor export: error: --score-threshold must be 0..1 and "
+                f"--max-detections 1..{MAX_DETECTIONS}\n",
+            )
+        thresholds = Thresholds(args.score_threshold, args.max_detections)
         try:
-            export_model(args.arch, args.output, args.weights, args.format, args.top_k)
+            export_model(args.arch, args.output, args.weights, args.format, args.top_k, thresholds)
         except ExportError as exc:
             parser.exit(2, f"gpu-predictor export: error: {exc}\n")
         return 0

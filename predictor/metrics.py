@@ -66,6 +66,10 @@ def batch_size_buckets(max_batch_size: int) -> list[float]:
     return buckets
 
 
+#: Buckets of ``predictor_detections_per_image`` (0 is its own bucket: images with nothing).
+DETECTION_BUCKETS = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0, 1000.0)
+
+
 def latency_buckets(timeout_s: float, smallest_s: float = 0.0005) -> list[float]:
     """A 1-2.5-5 ladder from ``smallest_s`` whose last bucket is the request timeout."""
     buckets: list[float] = []
@@ -171,6 +175,13 @@ class Metrics:
             ["model"],
             registry=registry,
         )
+        self.detections = Histogram(
+            "predictor_detections_per_image",
+            "Detections answered per image (after each request's filters); detectors only.",
+            ["model"],
+            buckets=DETECTION_BUCKETS,
+            registry=registry,
+        )
         self.refused_connections = Counter(
             "predictor_refused_connections",
             "HTTP connections refused or cut before a request reached a route, by reason "
@@ -262,6 +273,7 @@ class ModelObserver:
         self._batch_size = metrics.batch_size.labels(model=model)
         self._queue_wait = metrics.queue_wait.labels(model=model)
         self._inference = metrics.inference_duration
+        self._detections = metrics.detections.labels(model=model)
         self._model = model
 
     def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None:
@@ -274,3 +286,8 @@ class ModelObserver:
         """Record device time of a successful batch."""
         if ok:
             self._inference.labels(model=self._model, device=device).observe(seconds)
+
+    def results_counted(self, counts: Sequence[int]) -> None:
+        """Record how many detections each answered image held."""
+        for count in counts:
+            self._detections.observe(count)

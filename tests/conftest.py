@@ -8,6 +8,8 @@ own with ``start_server``.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -56,6 +58,55 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(folder / "slow", "slow_net", delay_ms=50)
     write_model(folder / "poison", "poison_net", delay_ms=20)
     return folder
+
+
+@pytest.fixture(scope="session")
+def demo_server(
+    start_server: StartServer, tmp_path_factory: pytest.TempPathFactory
+) -> PredictorProcess:
+    """What ``make serve`` serves (``models/``: digits and the shapes detector), plus ``coco``.
+
+    ``coco`` is a torchvision detector written by ``gpu-predictor export --weights none``
+    (random weights: it must serve; its answers mean nothing). Batches up to 16 with a
+    100 ms window, so concurrent requests batch; runtime model control is on.
+    """
+    folder = tmp_path_factory.mktemp("demo")
+    for name in ("digits", "shapes"):
+        ignore = shutil.ignore_patterns("samples", "*.py")
+        shutil.copytree(DIGITS.parent / name, folder / name, ignore=ignore)
+    exported = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "predictor",
+            "export",
+            "fasterrcnn_mobilenet_v3_large_320_fpn",
+            "--weights",
+            "none",
+            "--output",
+            str(folder / "coco"),
+            "--max-detections",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert exported.returncode == 0, exported.stderr
+    args = [
+        "--model-dir",
+        str(folder),
+        "--max-batch-size",
+        "16",
+        "--max-batch-delay-ms",
+        "100",
+        "--tune-batch-size",
+        "false",
+        "--model-control",
+        "explicit",
+    ]
+    return start_server(args, ["digits", "shapes", "coco"])
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ from torch import nn
 
 from predictor.runtime.devices import DeviceError, resolve_devices, resolve_dtype
 from predictor.runtime.engine import Engine, warmup_sizes
-from predictor.store.manifest import InputSpec, read_manifest
+from predictor.store.manifest import read_manifest
+from predictor.store.spec import InputSpec
 from predictor.store.weights import load_module
 from predictor.tasks.classification_runner import ClassificationRunner
 from predictor.tasks.registry import engine_for

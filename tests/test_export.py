@@ -125,3 +125,56 @@ def test_pretrained_weights_download_or_fail_cleanly(
         assert code == 2
         assert "cannot download ResNet18_Weights" in err
         assert "Traceback" not in err
+
+
+#: Every torchvision detector the export issue names, and the size bounds each resizes to.
+DETECTORS = {
+    "fasterrcnn_mobilenet_v3_large_320_fpn": (320, 640),
+    "fasterrcnn_mobilenet_v3_large_fpn": (800, 1333),
+    "fasterrcnn_resnet50_fpn_v2": (800, 1333),
+    "retinanet_resnet50_fpn_v2": (800, 1333),
+    "fcos_resnet50_fpn": (800, 1333),
+    "ssdlite320_mobilenet_v3_large": (320, 320),
+    "ssd300_vgg16": (300, 300),
+}
+
+
+@pytest.mark.parametrize("arch", DETECTORS)
+def test_every_torchvision_detector_exports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arch: str
+) -> None:
+    out = tmp_path / arch
+    code, err = export_in_process(
+        capsys, arch, "--weights", "none", "--output", str(out),
+        "--score-threshold", "0.3", "--max-detections", "7",
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["task"] == "detection"
+    assert (manifest["input"]["resize"], manifest["input"]["max_size"]) == DETECTORS[arch]
+    assert (manifest["score_threshold"], manifest["max_detections"]) == (0.3, 7)
+    spec = read_manifest(out, arch)
+    # COCO's category list from the weights enum, slots included: index = the class id.
+    assert len(spec.labels) == 91
+    assert spec.labels[:2] == ("__background__", "person")
+    assert spec.labels.count("N/A") == 10
+    load_module(spec)  # the state dict fits the architecture
+
+
+def test_detectors_export_only_as_state_dicts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fcos"
+    code, err = export_in_process(
+        capsys, "fcos_resnet50_fpn", "--weights", "none", "--output", str(out),
+        "--format", "exported-program",
+    )  # fmt: skip
+    assert code == 2
+    assert "state-dict" in err
+    assert not (out / "model.json").exists()
+    code, err = export_in_process(
+        capsys, "ssd300_vgg16", "--weights", "none", "--output", str(out),
+        "--score-threshold", "1.5",
+    )  # fmt: skip
+    assert code == 2
+    assert "--score-threshold" in err

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from predictor.edge import protocols as codec
-from predictor.store.manifest import InputSpec
+from predictor.store.spec import InputSpec
 from predictor.tasks import classification as preprocess
 from tests.support import ROOT
 

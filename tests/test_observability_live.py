@@ -1,11 +1,12 @@
 """Live: a real predictor scraped every second by a real Prometheus, under a short mixed load.
 
-One predictor serves ``digits`` and the test-only ``slow`` model (small queue, so bursts
-overflow it); one Prometheus on 127.0.0.1 scrapes it plus a dead target (for the "down"
-alert) and loads the plain alert rules. After a bounded load (good requests over v1, v2 and
-gRPC, bad inputs, an unknown model, queue overflows) and once Prometheus holds the final
-counter values, every dashboard query, every variable query and every alert expression is
-evaluated through the HTTP API. ``pytest -s`` prints the numbers seen.
+One predictor serves ``digits``, the ``shapes`` demo detector and the test-only ``slow``
+model (small queue, so bursts overflow it); one Prometheus on 127.0.0.1 scrapes it plus a
+dead target (for the "down" alert) and loads the plain alert rules. After a bounded load
+(good requests over v1, v2 and gRPC, detections, bad inputs, an unknown model, queue
+overflows) and once Prometheus holds the final counter values, every dashboard query,
+every variable query and every alert expression is evaluated through the HTTP API.
+``pytest -s`` prints the numbers seen.
 
 ``OBS_LOAD_S`` sets the load duration (default 12 s); ``GPU_PREDICTOR_DASHBOARD_PNG=path``
 also draws the dashboard there (docs/img/dashboard.png is made that way).
@@ -33,6 +34,7 @@ import httpx
 import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from PIL import Image
 
 from scripts import dashboard_png, render_alert_rules
 from tests.conftest import StartServer
@@ -49,7 +51,15 @@ from tests.prometheus_support import (
     variable_queries,
     wait_for,
 )
-from tests.support import PredictorProcess, digit_samples, encode, free_port, parse_metrics, photo
+from tests.support import (
+    ROOT,
+    PredictorProcess,
+    digit_samples,
+    encode,
+    free_port,
+    parse_metrics,
+    photo,
+)
 
 LOAD_S = float(os.environ.get("OBS_LOAD_S", "12"))
 JOB = "gpu-predictor"
@@ -78,6 +88,10 @@ GRPC_TO_HTTP = {
 }
 DIGITS_PNG = list(digit_samples().values())
 SLOW_PNG = encode(photo(16, 16, seed=3), "PNG")
+SHAPES = ROOT / "models" / "shapes"
+SHAPES_JPEG = [p.read_bytes() for p in sorted((SHAPES / "samples").glob("*.jpg"))] + [
+    encode(Image.new("RGB", (320, 240), (128, 128, 128)), "JPEG")
+]
 DASHBOARD = load_dashboard()
 
 
@@ -187,8 +201,23 @@ async def drive_load(server: PredictorProcess, seconds: float) -> Counter[tuple[
                 await asyncio.gather(*burst)
                 await asyncio.sleep(0.5)  # pacing
 
+        async def shapes_worker() -> None:
+            # The demo detector: scenes with shapes, and a blank image with nothing to find.
+            sent = 0
+            while loop.time() < deadline:
+                image = SHAPES_JPEG[sent % len(SHAPES_JPEG)]
+                headers = {"content-type": "image/jpeg"}
+                await post(
+                    "shapes", "v1", "/v1/models/shapes:predict", content=image, headers=headers
+                )
+                sent += 1
+
         await asyncio.gather(
-            *(digits_worker(i) for i in range(12)), grpc_worker(), bad_worker(), overflow_worker()
+            *(digits_worker(i) for i in range(12)),
+            grpc_worker(),
+            bad_worker(),
+            overflow_worker(),
+            shapes_worker(),
         )
     return codes
 
@@ -207,6 +236,7 @@ def live(
     models = tmp_path_factory.mktemp("obs-models")
     for name in ("digits", "slow"):
         shutil.copytree(model_folder / name, models / name)
+    shutil.copytree(SHAPES, models / "shapes", ignore=shutil.ignore_patterns("samples", "*.py"))
     server = start_server(
         [
             "--model-dir", str(models),
@@ -214,7 +244,7 @@ def live(
             "--queue-capacity", str(QUEUE),
             "--max-batch-delay-ms", "20",
         ],
-        ["digits", "slow"],
+        ["digits", "slow", "shapes"],
         test_archs=True,
     )  # fmt: skip
     workdir = tmp_path_factory.mktemp("prometheus")
@@ -324,7 +354,7 @@ def test_variable_queries_find_the_namespace_pod_and_models(live: Live) -> None:
     queries = variable_queries(DASHBOARD)
     assert live.label_values(queries["namespace"]) == [NAMESPACE]
     assert live.label_values(queries["pod"]) == [POD]
-    assert live.label_values(queries["model"]) == ["digits", "slow"]
+    assert live.label_values(queries["model"]) == ["digits", "shapes", "slow"]
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,8 @@ from predictor.edge import protocols as codec
 from predictor.edge import rest_v2
 from predictor.errors import BadInput, PredictorError, TooLarge
 from predictor.serving.request import ImageRequest
-from predictor.store.manifest import InputSpec, read_manifest
+from predictor.store.manifest import read_manifest
+from predictor.store.spec import InputSpec
 from predictor.tasks import classification as preprocess
 from predictor.tasks import images
 from predictor.tasks.base import MAX_INT
@@ -631,7 +632,7 @@ _BOUNDED = textwrap.dedent(
     """
     import json, resource, sys
     from predictor.errors import PredictorError
-    from predictor.store.manifest import InputSpec
+    from predictor.store.spec import InputSpec
     from predictor.tasks import classification as preprocess
     from predictor.tasks import images
     from tests.fuzz import corpus

@@ -23,16 +23,16 @@ EXAMPLES = console_examples(README)
 
 def test_readme_has_an_example_for_every_route() -> None:
     commands = " ".join(command for command, _ in EXAMPLES)
-    for route in (":predict", "/infer", "grpc_client.py", "/ready", "/metrics"):
+    for route in (":predict", ":annotate", "/infer", "grpc_client.py", "/ready", "/metrics"):
         assert route in commands
 
 
 @pytest.mark.parametrize(("command", "expected"), EXAMPLES, ids=[c[:60] for c, _ in EXAMPLES])
-def test_readme_example(digits_server: PredictorProcess, command: str, expected: list[str]) -> None:
-    local = command.replace("localhost:8080", f"127.0.0.1:{digits_server.http_port}")
+def test_readme_example(demo_server: PredictorProcess, command: str, expected: list[str]) -> None:
+    local = command.replace("localhost:8080", f"127.0.0.1:{demo_server.http_port}")
     local = local.replace("uv run python", sys.executable)
     if "grpc_client.py" in local:
-        local += f" --target {digits_server.grpc_target}"
+        local += f" --target {demo_server.grpc_target}"
     result = subprocess.run(
         ["bash", "-c", local], capture_output=True, text=True, cwd=ROOT, timeout=120
     )

@@ -39,9 +39,12 @@ THUMBNAILS: tuple[tuple[int, int], ...] = (
     (200, 150),
     (96, 96),
 )
-#: Named corpora: ``photos`` (real photo sizes) and ``thumbs`` (thumbnails).
+#: Named corpora: ``photos`` (real photo sizes) and ``thumbs`` (thumbnails); ``scenes`` (the
+#: shapes demo detector's scenes, 160-640 px of mixed sizes) is drawn by its own generator.
 KINDS: dict[str, tuple[tuple[int, int], ...]] = {"photos": RESOLUTIONS, "thumbs": THUMBNAILS}
+SCENES = "scenes"
 CACHE = Path(__file__).resolve().parent.parent / ".corpus"
+ROOT = CACHE.parent.parent
 #: Bump when the generator changes, so stale caches are not reused.
 GENERATOR_VERSION = 1
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -127,10 +130,24 @@ def generate(
 
 
 def named(kind: str, count: int = 24, seed: int = 0) -> list[bytes]:
-    """The ``photos`` or ``thumbs`` corpus of ``count`` images (cached)."""
+    """The ``photos``, ``thumbs`` (cached) or ``scenes`` corpus of ``count`` images."""
+    if kind == SCENES:
+        return shape_scenes(count, seed)
     if kind not in KINDS:
-        raise ValueError(f"unknown corpus {kind!r}: use one of {', '.join(KINDS)}")
+        raise ValueError(f"unknown corpus {kind!r}: use one of {', '.join([*KINDS, SCENES])}")
     return generate(count, seed, KINDS[kind])
+
+
+def shape_scenes(count: int, seed: int = 0) -> list[bytes]:
+    """Scenes of the shapes demo (``models/shapes/scenes.py``), 160-640 px, as JPEGs."""
+    import sys
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from models.shapes.scenes import scene
+
+    rng = np.random.default_rng(1000 + seed)
+    return [jpeg_bytes(scene(rng).image, quality=90) for _ in range(count)]
 
 
 def load_dir(folder: Path) -> list[bytes]:

@@ -1,10 +1,12 @@
 """The limits a server is measured against, in process, without HTTP.
 
 * engine limit: :class:`predictor.runtime.engine.Engine` (built as the server builds it,
-  TorchScript trace included) running ready-made batches of decoded
-  images, per batch size: what the model itself can do on this device;
-* decode limit: :func:`predictor.tasks.classification.decode_image` over the corpus in a pool of one
-  thread per core: what turning photos into model inputs can do on this CPU.
+  TorchScript trace included for classifiers) running ready-made batches of prepared
+  images (a detector's of mixed sizes, as the corpus comes), per batch size: what the model
+  itself can do on this device;
+* decode limit: the model's task preparing the corpus (``Task.prepare``, what the server's
+  decode pool runs) in a pool of one thread per core: what turning photos into model
+  inputs can do on this CPU.
 
 Run as ``python -m loadlib.limits`` (with ``load-tests`` on ``PYTHONPATH``) so the bench's
 own process never holds a model; prints one JSON object.
@@ -23,8 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from loadlib import corpus
 
 
@@ -33,7 +33,7 @@ def engine_limits(
     device: str,
     dtype: str,
     batch_sizes: Sequence[int],
-    pixels: Sequence[np.ndarray],
+    pixels: Sequence[Any],
     min_time_s: float,
     rounds: int = 3,
 ) -> list[dict[str, float]]:
@@ -76,18 +76,14 @@ def engine_limits(
 def decode_limit(
     model_dir: Path, images: Sequence[bytes], workers: int, min_time_s: float, rounds: int = 3
 ) -> dict[str, float]:
-    """Images per second of decode + resize + crop in a pool of ``workers`` threads.
+    """Images per second of the task's preparation in a pool of ``workers`` threads.
 
     Best of ``rounds`` passes over the corpus (each repeated to ``min_time_s / rounds``).
     """
-    from predictor.store.manifest import discover
-    from predictor.tasks.classification import decode_image
-
-    spec = discover(model_dir)[0]
-    limit = 40_000_000
+    task, limits = _task(model_dir)
 
     def one(data: bytes) -> int:
-        return int(decode_image(data, spec.input, limit).shape[0])
+        return int(task.prepare(data, limits).pixels.shape[0])
 
     for data in images:  # warm: code paths, allocator
         one(data)
@@ -117,13 +113,20 @@ def decode_limit(
     return {"img_per_s": best_rate, "workers": workers, "ms_per_image": 1000 * single_s}
 
 
-def decoded_pixels(model_dir: Path, images: Sequence[bytes]) -> list[np.ndarray]:
-    """The corpus as the model's input pixels."""
+def _task(model_dir: Path) -> tuple[Any, Any]:
+    """The model's task and the decode limits the bench uses."""
     from predictor.store.manifest import discover
-    from predictor.tasks.classification import decode_image
+    from predictor.tasks.images import DecodeLimits
+    from predictor.tasks.registry import task_for
 
-    spec = discover(model_dir)[0]
-    return [decode_image(data, spec.input, 40_000_000) for data in images]
+    return task_for(discover(model_dir)[0]), DecodeLimits(40_000_000)
+
+
+def decoded_pixels(model_dir: Path, images: Sequence[bytes]) -> list[Any]:
+    """The corpus as the engine's input items, with the model's default parameters."""
+    task, limits = _task(model_dir)
+    parameters = task.defaults()
+    return [task.batch_input(task.prepare(data, limits), parameters) for data in images]
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -148,7 +151,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """The engine limit, and the decode limit per corpus, for one model directory."""
     workers = args.decode_workers or len(os.sched_getaffinity(0))
     decode = {}
-    pixels: list[np.ndarray] = []
+    pixels: list[Any] = []
     for kind in args.corpus_kinds:
         images = corpus.named(kind, args.corpus)
         print(f"  {kind}: {corpus.describe(images)}", file=sys.stderr, flush=True)

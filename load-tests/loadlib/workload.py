@@ -2,7 +2,8 @@
 
 * :func:`prepare_models` writes random-weight model directories with the predictor's own
   exporter (``gpu-predictor export ARCH --weights none``); ``mobilenet_v3_small-96`` gets a
-  96-pixel resize and crop in its manifest (an overhead-bound model).
+  96-pixel resize and crop in its manifest (an overhead-bound model); ``shapes`` is the
+  demo detector of this repository, served as it is.
 * :class:`PerRequestClassifier` is what the peers without batching run per request:
   :func:`predictor.tasks.classification.decode_image` (the same decode, resize and crop as
   ours), then the same torch module, one image at a time, normalised the way tutorials do it.
@@ -30,13 +31,15 @@ class ModelChoice:
 
     Attributes:
         name: the served name (and directory name).
-        arch: torchvision architecture.
+        arch: torchvision architecture (a classifier or a detector).
         size: resize and crop (``None``: the architecture's preset, 256 -> 224).
+        demo: a model directory of this repository to serve as it is, instead of an export.
     """
 
     name: str
     arch: str
     size: int | None = None
+    demo: str | None = None
 
 
 MODELS: dict[str, ModelChoice] = {
@@ -45,6 +48,8 @@ MODELS: dict[str, ModelChoice] = {
         ModelChoice("resnet18", "resnet18"),
         ModelChoice("resnet50", "resnet50"),
         ModelChoice("mobilenet_v3_small-96", "mobilenet_v3_small", 96),
+        ModelChoice("shapes", "shapes_detector", demo="models/shapes"),
+        ModelChoice("fasterrcnn_mobilenet_320", "fasterrcnn_mobilenet_v3_large_320_fpn"),
     )
 }
 MAX_PIXELS = 40_000_000
@@ -58,6 +63,9 @@ def prepare_models(names: Sequence[str], root: Path = CACHE / "models") -> dict[
     dirs = {}
     for name in names:
         choice = MODELS[name]
+        if choice.demo is not None:
+            dirs[name] = CACHE.parent.parent / choice.demo
+            continue
         folder = root / name
         manifest = folder / "model.json"
         if not manifest.is_file():

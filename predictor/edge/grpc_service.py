@@ -30,6 +30,7 @@ from kserve.utils.utils import to_headers
 from predictor import __version__
 from predictor.edge import protocols
 from predictor.edge.grpc_edge import lenient
+from predictor.edge.grpc_parameters import request_parameters
 from predictor.errors import BadInput, UnknownModel
 from predictor.runtime.budget import MemoryBudget
 from predictor.serving import model_docs
@@ -203,8 +204,10 @@ class GrpcService:
         with contextlib.ExitStack() as held:
             if self.budget is not None:
                 held.enter_context(self.budget.hold(request.ByteSize(), "this request"))
+            infer = InferRequest.from_grpc(request)
+            infer.parameters = request_parameters(request.parameters)
             image_request = protocols.decode_request(
-                InferRequest.from_grpc(request), headers, model.batcher.capacity, model.task.outputs
+                infer, headers, model.batcher.capacity, model.task.outputs
             )
             answer, _ = await model(image_request, headers=headers)
         if not isinstance(answer, V2Answer):

@@ -25,6 +25,7 @@ from predictor.serving.model_config import apply_patch
 from predictor.serving.repository import Repository
 from predictor.serving.request import ImagePayload, ImageRequest
 from predictor.serving.state import ServingState
+from predictor.tasks import annotate
 from predictor.tasks.base import V2Answer
 
 SERVER_NAME = "gpu-predictor"
@@ -174,24 +175,15 @@ class HttpApi:
     async def v1_predict(self, request: HttpRequest) -> Answer:
         """KServe v1 ``:predict``: a raw image body, a multipart upload or JSON instances."""
         model = self._model(request)
-        capacity = model.batcher.capacity
-        media = _media_type(request.headers)
-        if media == "multipart/form-data":
-            upload = multipart.parse(request.body, request.headers["content-type"], capacity)
-            images: list[ImagePayload] = list(upload.images)
-            image_request = ImageRequest("v1", images, labels=upload.labels)
-            protocols.complete(image_request, upload.parameters, request.headers)
-        elif (
-            media == "application/json"
-            or media.endswith("+json")
-            or (not media and request.body[:1] == b"{")
-        ):
-            document = _json_body(request)
-            image_request = protocols.decode_request(document, request.headers, capacity)
-        else:
-            image_request = protocols.decode_request(request.body, request.headers, capacity)
-        answer, _ = await model(image_request, headers=request.headers)
+        answer, _ = await model(_v1_request(request, model), headers=request.headers)
         return json_answer(answer)
+
+    async def annotate(self, request: HttpRequest) -> Answer:
+        """The image with the model's result drawn on it (JPEG, or PNG when accepted)."""
+        model = self._model(request)
+        media = annotate.media_type(request.headers.get("accept", ""))
+        body = await model.annotate(_v1_request(request, model), media, request.headers)
+        return Answer(200, [(b"content-type", media.encode())], body)
 
     async def v2_infer(self, request: HttpRequest) -> Answer:
         """v2 ``/infer``: JSON, or the binary tensor extension, both ways."""
@@ -205,6 +197,26 @@ class HttpApi:
         return Answer(200, headers, body)
 
 
+def _v1_request(request: HttpRequest, model: ImageModel) -> ImageRequest:
+    """A v1 body (raw image, multipart upload or JSON) and the query string's parameters."""
+    capacity = model.batcher.capacity
+    media = _media_type(request.headers)
+    if media == "multipart/form-data":
+        upload = multipart.parse(request.body, request.headers["content-type"], capacity)
+        images: list[ImagePayload] = list(upload.images)
+        image_request = ImageRequest("v1", images, labels=upload.labels)
+        parameters = {**protocols.query_parameters(request.query), **upload.parameters}
+        return protocols.complete(image_request, parameters, request.headers)
+    if (
+        media == "application/json"
+        or media.endswith("+json")
+        or (not media and request.body[:1] == b"{")
+    ):
+        return protocols.decode_request(_json_body(request), request.headers, capacity)
+    image_request = protocols.decode_request(request.body, request.headers, capacity)
+    return protocols.complete(image_request, protocols.query_parameters(request.query), None)
+
+
 def _v2(answer: object) -> V2Answer:
     if not isinstance(answer, V2Answer):
         raise TypeError(f"a v2 request was answered with {type(answer).__name__}")
@@ -216,7 +228,8 @@ def routes(api: HttpApi, extra: list[Route] | None = None) -> list[Route]:
     m = "/v2/models/{model}"
     mv = "/v2/models/{model}/versions/{version}"
     table: list[tuple[str, str, Callable[..., Any], dict[str, bool], str]] = [
-        ("POST", "/v1/models/{model}:predict", api.v1_predict, {"infer": True}, "Classify (v1)"),
+        ("POST", "/v1/models/{model}:predict", api.v1_predict, {"infer": True}, "Predict (v1)"),
+        ("POST", "/v1/models/{model}:annotate", api.annotate, {"infer": True}, "Annotated image"),
         ("POST", f"{m}/infer", api.v2_infer, {"infer": True}, "Inference (v2)"),
         ("POST", f"{mv}/infer", api.v2_infer, {"infer": True}, "Inference (v2, versioned)"),
         ("GET", "/", api.live, {"open": True}, "Liveness"),

@@ -166,7 +166,7 @@ class HttpEdge:
             if length:
                 held.take(length)
             body = await self._read_body(receive, held if not length else None)
-            request = HttpRequest(route.method, scope["path"], params, headers, body)
+            request = HttpRequest(route.method, scope["path"], params, headers, body, _query(scope))
             return await _cancel_on_disconnect(route.handler(request), receive), None
         except _ClientGone:
             raise

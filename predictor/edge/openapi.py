@@ -91,6 +91,10 @@ def _shapes(route: Route, png: str) -> Shapes:
     t = route.template
     if t.endswith(":predict"):
         return _predict_shapes(png)
+    if t.endswith(":annotate"):
+        body, _ = _predict_shapes(png)
+        drawn = "the image as a viewer shows it, with the result drawn on it (boxes, labels "
+        return body, _text(drawn + "and scores; a classifier's top-k)", "image/jpeg", "image/png")
     if t.endswith("/infer"):
         return _infer_shapes(png)
     if route.method == "PATCH":

@@ -124,36 +124,97 @@ SCHEMAS: dict[str, Any] = {
     },
     "v1_response": {
         "type": "object",
+        "description": "One prediction per image: a classifier's top-k list, or a detector's "
+        "detections (boxes x1, y1, x2, y2 in the image's pixels as a viewer shows it).",
         "properties": {
             "predictions": {
                 "type": "array",
-                "items": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "label": {"type": "string"},
-                            "score": {"type": "number"},
-                            "class_id": {"type": "integer"},
-                        },
-                    },
-                },
+                "items": {"anyOf": [ref("v1_top_k"), ref("v1_detections")]},
             }
         },
         "required": ["predictions"],
+    },
+    "v1_top_k": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "label": {"type": "string"},
+                "score": {"type": "number"},
+                "class_id": {"type": "integer"},
+            },
+        },
+    },
+    "v1_detections": {
+        "type": "object",
+        "properties": {
+            "detections": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "box": {
+                            "type": "array",
+                            "items": {"type": "number"},
+                            "minItems": 4,
+                            "maxItems": 4,
+                        },
+                        "score": {"type": "number"},
+                        "label": {"type": "string"},
+                        "class_id": {"type": "integer"},
+                    },
+                },
+            },
+            "image_size": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        },
+        "required": ["detections", "image_size"],
     },
     "upload": {
         "type": "object",
         "properties": {
             "image": {"type": "string", "format": "binary", "description": "an image file"},
-            "top_k": {"type": "integer", "minimum": 1},
+            "top_k": {"type": "integer", "minimum": 1, "description": "classifiers"},
+            "score_threshold": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "detectors",
+            },
+            "max_detections": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 1000,
+                "description": "detectors",
+            },
+            "classes": {
+                "type": "string",
+                "description": "detectors: labels or class ids to keep, separated by commas",
+            },
         },
         "required": ["image"],
     },
     "model_config": {"type": "object", "additionalProperties": True},
     "config_patch": {
         "type": "object",
-        "properties": {"top_k": {"type": "integer", "minimum": 1}},
+        "description": "A classifier takes top_k; a detector score_threshold, max_detections "
+        "and classes.",
+        "properties": {
+            "top_k": {"type": "integer", "minimum": 1},
+            "score_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+            "max_detections": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "classes": {
+                "anyOf": [
+                    {"type": "array", "items": {"type": ["string", "integer"]}},
+                    {"type": "string"},
+                    {"type": "null"},
+                ]
+            },
+        },
         "additionalProperties": False,
     },
     "labels": {"type": "object", "properties": {"labels": _STRINGS}, "required": ["labels"]},

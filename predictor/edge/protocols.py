@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 from kserve.protocol.infer_type import InferRequest, to_http_parameters
 
@@ -100,6 +101,26 @@ def complete(
             timeout if request.timeout_ms is None else min(timeout, request.timeout_ms)
         )
     return request
+
+
+def query_parameters(query: str) -> dict[str, str]:
+    """Per-request parameters from a URL's query string (``?score_threshold=0.3&top_k=2``).
+
+    For bodies that carry none of their own (a raw image, a multipart upload).
+
+    Raises:
+        BadInput: more than :data:`MAX_PARAMETERS` of them, or a name given twice.
+    """
+    if not query:
+        return {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=MAX_PARAMETERS)
+    except ValueError:
+        raise BadInput(f"the query string holds more than {MAX_PARAMETERS} parameters") from None
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise BadInput("a query parameter is given twice")
+    return found
 
 
 def _decode_v1(body: dict[str, Any], max_images: int) -> ImageRequest:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -27,13 +26,13 @@ class BatchRunner(Protocol):
 
     jit: bool
 
-    def submit(self, items: list[np.ndarray]) -> Any:
+    def submit(self, items: list[Any]) -> Any:
         """Queue a batch on the current stream."""
 
     def collect(self, pending: Any) -> list[Any]:
         """The rows of a finished batch."""
 
-    def blank(self) -> np.ndarray:
+    def blank(self) -> Any:
         """A warm-up input item."""
 
 
@@ -86,11 +85,12 @@ class Engine:
         """The compute dtype as text (``float16``...)."""
         return str(self.dtype).removeprefix("torch.")
 
-    def infer(self, items: list[np.ndarray]) -> list[Any]:
+    def infer(self, items: list[Any]) -> list[Any]:
         """Run one batch; see :meth:`run` for the out-of-memory-splitting wrapper.
 
         Args:
-            items: the runner's input items; at most ``max_batch_size`` of them.
+            items: the runner's input items (what the task's ``batch_input`` made); at
+                most ``max_batch_size`` of them.
 
         Returns:
             One result row per item.
@@ -110,7 +110,7 @@ class Engine:
         self.items_run += batch
         return rows
 
-    def run(self, items: list[np.ndarray]) -> list[Any]:
+    def run(self, items: list[Any]) -> list[Any]:
         """Run one batch; on CUDA out-of-memory, run it again in halves (down to one item)."""
         try:
             return self.infer(items)

@@ -17,7 +17,7 @@ from predictor.runtime.engine import Engine
 from predictor.runtime.workers import Worker
 from predictor.serving.model import ImageModel
 from predictor.serving.model_config import ModelSettings, ServerLimits
-from predictor.store.manifest import ModelSpec
+from predictor.store.spec import ModelSpec
 from predictor.store.weights import load_module
 from predictor.tasks.registry import engine_for, task_for
 

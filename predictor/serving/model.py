@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING, Any
 import kserve
 from kserve.metrics import POST_HIST_TIME, PRE_HIST_TIME, PREDICT_HIST_TIME, get_labels
 
-from predictor.errors import DeadlineExceeded, Draining, NotReady, PredictorError
+from predictor.errors import BadInput, DeadlineExceeded, Draining, NotReady, PredictorError
+from predictor.metrics import ModelObserver
 from predictor.runtime.batcher import DynamicBatcher
 from predictor.runtime.decode_pool import DecodePool
 from predictor.runtime.ticket import Ticket
 from predictor.serving.model_config import ModelSettings, ServerLimits
 from predictor.serving.request import ImageRequest
-from predictor.store.manifest import ModelSpec
+from predictor.store.spec import ModelSpec
+from predictor.tasks.annotate import render
 from predictor.tasks.base import Item, Task, Tensor, V2Answer
 from predictor.tasks.images import DecodeLimits
 
@@ -98,6 +100,8 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         self._timeout_s = limits.request_timeout_s
         self._max_failures = limits.max_consecutive_failures
         self.ready = True
+        #: Where result counts go (the metrics; set when the model is published).
+        self.observer: ModelObserver | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -167,6 +171,13 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         self, body: ImageRequest, headers: dict[str, str] | None = None, verb: Any = None
     ) -> tuple[dict[str, Any] | V2Answer, dict[str, str]]:
         """Run the three hooks; the ticket taken in preprocess is released after predict."""
+        results = await self.results(body, headers)
+        with POST_HIST_TIME.labels(**get_labels(self.name)).time():
+            answer = self.encode(body, results)
+        return answer, {}
+
+    async def results(self, body: ImageRequest, headers: dict[str, str] | None = None) -> list[Any]:
+        """The task's result for each image (preprocess, predict, the task's postprocess)."""
         labels = get_labels(self.name)
         with PRE_HIST_TIME.labels(**labels).time():
             prepared = await self.preprocess(body, headers)
@@ -176,8 +187,25 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         finally:
             prepared.ticket.release()
         with POST_HIST_TIME.labels(**labels).time():
-            answer = await self.postprocess(predicted, headers)
-        return answer, {}
+            results = self.task.postprocess(predicted.rows, prepared.items, prepared.parameters)
+        counts = self.task.counts(results)
+        if counts is not None and self.observer is not None:
+            self.observer.results_counted(counts)
+        return results
+
+    async def annotate(
+        self, body: ImageRequest, media: str, headers: dict[str, str] | None = None
+    ) -> bytes:
+        """The request's one image with its result drawn on it, encoded as ``media``."""
+        image = body.images[0]
+        if len(body.images) != 1 or not isinstance(image, bytes):
+            raise BadInput("annotate takes exactly one encoded image")
+        (result,) = await self.results(body, headers)
+        return await self._decode_pool.run(self._render, (image, result, media))
+
+    def _render(self, job: tuple[bytes, Any, str]) -> bytes:
+        image, result, media = job
+        return render(image, self.task, result, self._decode_limits, media)
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Prepared:
         """Take room in the batcher, check the parameters, prepare every image in the pool."""
@@ -226,7 +254,9 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         request_id = (headers or {}).get("x-request-id") or prepared.request.request_id
         futures = [
-            prepared.ticket.submit(item.pixels, prepared.deadline, request_id)
+            prepared.ticket.submit(
+                self.task.batch_input(item, prepared.parameters), prepared.deadline, request_id
+            )
             for item in prepared.items
         ]
         gathered = asyncio.gather(*futures, return_exceptions=True)
@@ -239,13 +269,8 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
                 raise outcome
         return Predicted(prepared, outcomes)
 
-    async def postprocess(
-        self, predicted: Predicted, headers: dict[str, str] | None = None
-    ) -> dict[str, Any] | V2Answer:
-        """The task's results, in the protocol of the request (v1 JSON, or a v2 answer)."""
-        prepared = predicted.prepared
-        results = self.task.postprocess(predicted.rows, prepared.items, prepared.parameters)
-        request = prepared.request
+    def encode(self, request: ImageRequest, results: list[Any]) -> dict[str, Any] | V2Answer:
+        """Results in the protocol of the request (v1 JSON, or a v2 answer)."""
         if request.protocol == "v1":
             return self.task.encode_v1(results)
         arrays = self.task.v2_outputs(results)

@@ -16,20 +16,12 @@ if TYPE_CHECKING:
 
 PLATFORM = "pytorch"
 BACKEND = "gpu-predictor"
-_TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
-
-
-def preprocessing(model: ImageModel) -> dict[str, Any]:
-    """How images become the model's input: colour, resize, crop, normalisation."""
-    spec = model.spec.input
-    return {
-        "color": spec.color,
-        "resize": spec.resize,
-        "crop": list(spec.crop),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "background": spec.background,
-    }
+_TRITON_TYPES = {
+    "BYTES": "TYPE_STRING",
+    "FP32": "TYPE_FP32",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+}
 
 
 def metadata(model: ImageModel) -> dict[str, Any]:
@@ -68,7 +60,7 @@ def config(model: ImageModel) -> dict[str, Any]:
         "platform": PLATFORM,
         "backend": BACKEND,
         "arch": spec.arch_label,
-        "preprocessing": preprocessing(model),
+        "preprocessing": model.task.preprocessing(),
         "labels": len(spec.labels),
         "batching": {
             "batch_size": batcher.max_batch_size,

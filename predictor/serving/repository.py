@@ -38,7 +38,8 @@ from predictor.serving.build import build_model
 from predictor.serving.model import ImageModel
 from predictor.serving.model_config import ModelSettings, ServerLimits, parse_load_config
 from predictor.serving.state import ServingState
-from predictor.store.manifest import ModelSpec, ModelStoreError, read_manifest, scan
+from predictor.store.manifest import ModelStoreError, read_manifest, scan
+from predictor.store.spec import ModelSpec
 from predictor.tasks.registry import task_for
 
 log = logging.getLogger("predictor")

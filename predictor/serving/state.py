@@ -60,7 +60,7 @@ class ServingState:
         old = self.models.get(name)
         if old is not None:
             metrics.forget_model(name)
-        batcher.observer = metrics.model_observer(name)
+        batcher.observer = model.observer = metrics.model_observer(name)
         metrics.describe_model(
             name,
             model.spec.arch_label,

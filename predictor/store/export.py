@@ -1,8 +1,10 @@
-"""``gpu-predictor export``: a model directory for a torchvision classification architecture.
+"""``gpu-predictor export``: a model directory for a torchvision architecture.
 
-Preprocessing (resize, crop, mean, std) and labels come from torchvision's weights enum
-(``ResNet50_Weights.DEFAULT`` and friends), which are known without downloading anything;
-only ``--weights DEFAULT`` downloads (with a progress bar) where the network allows.
+Classifiers (resnet50...) and detectors (fasterrcnn_resnet50_fpn_v2, retinanet, fcos,
+ssd...). Preprocessing (a classifier's resize, crop, mean, std; the size bounds a detector
+resizes to) and labels come from torchvision's weights enum (``ResNet50_Weights.DEFAULT``
+and friends) and the built network, which are known without downloading anything; only
+``--weights DEFAULT`` downloads (with a progress bar) where the network allows.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from predictor.store import archs
 from predictor.store.manifest import MANIFEST
+from predictor.store.spec import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +35,23 @@ def _step(message: str) -> float:
 
 
 def export_model(
-    arch: str, output: Path, weights: str, fmt: str = "state-dict", top_k: int = 5
+    arch: str,
+    output: Path,
+    weights: str,
+    fmt: str = "state-dict",
+    top_k: int = 5,
+    thresholds: Thresholds | None = None,
 ) -> Path:
     """Write ``model.json``, weights and ``labels.txt`` for ``arch`` into ``output``.
 
     Args:
-        arch: a torchvision classification architecture (resnet18, efficientnet_b0...).
+        arch: a torchvision classification architecture (resnet18, efficientnet_b0...) or
+            detection architecture (fasterrcnn_mobilenet_v3_large_fpn, ssd300_vgg16...).
         output: the model directory to create (may exist; files are overwritten).
         weights: ``DEFAULT`` (pretrained, downloaded), ``none`` (random) or a state-dict file.
-        fmt: ``state-dict`` or ``exported-program``.
-        top_k: default number of classes returned.
+        fmt: ``state-dict`` or ``exported-program`` (classifiers only).
+        top_k: a classifier's default number of classes returned.
+        thresholds: a detector's default score threshold and detection count.
 
     Returns:
         The model directory.
@@ -51,12 +61,16 @@ def export_model(
     """
     import torchvision.models
 
-    if arch not in archs.torchvision_classifiers():
-        some = ", ".join(archs.torchvision_classifiers()[:8])
+    detector = arch in archs.torchvision_detectors()
+    if not detector and arch not in archs.torchvision_classifiers():
+        some = ", ".join(archs.torchvision_classifiers()[:4] + archs.torchvision_detectors()[:4])
         raise ExportError(f"unknown architecture {arch!r}; torchvision has e.g. {some}, ...")
+    if detector and fmt != "state-dict":
+        raise ExportError(
+            "detectors export as --format state-dict only (their forward is data-dependent)"
+        )
     enum = torchvision.models.get_model_weights(arch).DEFAULT
     categories: list[str] = list(enum.meta["categories"])
-    preset = enum.transforms()
     log.info("exporting %s (%s weights) to %s", arch, weights, output)
 
     start = _step(f"building {arch} ({len(categories)} classes)")
@@ -75,23 +89,17 @@ def export_model(
     module.eval()
 
     output.mkdir(parents=True, exist_ok=True)
-    crop = int(preset.crop_size[0])
-    manifest: dict[str, Any] = {
-        "task": "classification",
-        "input": {
-            "color": "RGB",
-            "resize": int(preset.resize_size[0]),
-            "crop": crop,
-            "mean": [float(v) for v in preset.mean],
-            "std": [float(v) for v in preset.std],
-        },
-        "labels": "labels.txt",
-        "top_k": top_k,
-        "source": {"arch": arch, "weights": weights if weights in ("DEFAULT", "none") else "file"},
+    if detector:
+        manifest = _detector_manifest(module, thresholds or Thresholds())
+    else:
+        manifest = _classifier_manifest(enum, top_k)
+    manifest["source"] = {
+        "arch": arch,
+        "weights": weights if weights in ("DEFAULT", "none") else "file",
     }
     if fmt == "exported-program":
         _step("tracing with torch.export (dynamic batch dimension)")
-        program = _export_program(module, crop)
+        program = _export_program(module, int(manifest["input"]["crop"]))
         torch.export.save(program, str(output / "model.pt2"))
         manifest["program"] = "model.pt2"
         written = output / "model.pt2"
@@ -108,6 +116,46 @@ def export_model(
         "done in %.1f s: gpu-predictor serve --model-dir %s", time.perf_counter() - start, output
     )
     return output
+
+
+def _classifier_manifest(enum: Any, top_k: int) -> dict[str, Any]:
+    """Resize, crop, mean and std from the weights enum's preset transforms."""
+    preset = enum.transforms()
+    return {
+        "task": "classification",
+        "input": {
+            "color": "RGB",
+            "resize": int(preset.resize_size[0]),
+            "crop": int(preset.crop_size[0]),
+            "mean": [float(v) for v in preset.mean],
+            "std": [float(v) for v in preset.std],
+        },
+        "labels": "labels.txt",
+        "top_k": top_k,
+    }
+
+
+def _detector_manifest(module: nn.Module, thresholds: Thresholds) -> dict[str, Any]:
+    """The size bounds the detector resizes to (its own transform), and the thresholds.
+
+    Normalisation happens inside torchvision's detectors, so there is no mean/std here.
+    Fixed-size detectors (SSD) stretch every image to their size: both bounds are that.
+    """
+    transform: Any = getattr(module, "transform", None)
+    if transform is None:
+        raise ExportError("not a torchvision detector: it has no resizing transform")
+    fixed = getattr(transform, "fixed_size", None)
+    if fixed:
+        shorter, longer = min(fixed), max(fixed)
+    else:
+        shorter, longer = int(transform.min_size[-1]), int(transform.max_size)
+    return {
+        "task": "detection",
+        "input": {"color": "RGB", "resize": int(shorter), "max_size": int(longer)},
+        "labels": "labels.txt",
+        "score_threshold": thresholds.score_threshold,
+        "max_detections": thresholds.max_detections,
+    }
 
 
 def _load_weights_file(path: Path, module: nn.Module) -> None:

@@ -15,6 +15,20 @@ A model directory holds ``model.json`` (the manifest) and the files it names::
       "jit": true                          # may run as a TorchScript trace (default)
     }
 
+A detector (``"task": "detection"``) names the size bounds its network resizes to instead of
+a crop, and its default thresholds::
+
+    {
+      "task": "detection",
+      "arch": "fasterrcnn_mobilenet_v3_large_320_fpn",
+      "arch_kwargs": {"num_classes": 91},
+      "weights": "weights.pt",
+      "input": {"color": "RGB", "resize": 320, "max_size": 640},  # shorter / longer side
+      "labels": "labels.txt",              # index = the network's class id
+      "score_threshold": 0.5,
+      "max_detections": 100
+    }
+
 Files named by a manifest must stay inside the model directory; weights load only through
 ``torch.load(weights_only=True)``, safetensors, or ``torch.export.load`` with every
 unpickling inside it forced through the weights-only unpickler: never plain pickle.
@@ -24,86 +38,26 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from predictor.store.spec import (
+    COLORS,
+    DEFAULT_VERSION,
+    MAX_DETECTIONS,
+    TASKS,
+    InputSpec,
+    ModelSpec,
+    Thresholds,
+)
+
 MANIFEST = "model.json"
-TASKS = ("classification",)
-COLORS = ("RGB", "L")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
-DEFAULT_VERSION = "1"
 
 
 class ModelStoreError(ValueError):
     """A model directory or its manifest is unusable; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How an image becomes the model's input tensor.
-
-    Attributes:
-        color: ``RGB`` or ``L`` (grayscale).
-        resize: the shorter side is resized to this many pixels.
-        crop: ``(height, width)`` of the centre crop taken after resizing.
-        mean: per-channel mean in 0..1 units.
-        std: per-channel standard deviation in 0..1 units.
-        background: grey level (0..255) transparent pixels are composited over.
-    """
-
-    color: str
-    resize: int
-    crop: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    background: int = 255
-
-    @property
-    def channels(self) -> int:
-        """Number of channels of the model input."""
-        return 3 if self.color == "RGB" else 1
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A parsed, validated model directory.
-
-    Attributes:
-        name: the served name.
-        directory: the model directory.
-        task: what the model does (``classification``).
-        input: preprocessing spec.
-        labels: class labels, index = class id.
-        top_k: default number of classes returned.
-        version: the model version the v2 routes report and accept.
-        arch: architecture name when weights are a state dict.
-        arch_kwargs: builder arguments.
-        weights: state-dict file, when ``arch`` is set.
-        program: ``torch.export`` program file, instead of arch + weights.
-        jit: whether the server may run the model as a TorchScript trace (``"jit": false``
-            in the manifest for models whose forward has side effects or data-dependent
-            control flow the tracer cannot see).
-    """
-
-    name: str
-    directory: Path
-    task: str
-    input: InputSpec
-    labels: tuple[str, ...]
-    top_k: int
-    version: str = DEFAULT_VERSION
-    arch: str | None = None
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: Path | None = None
-    program: Path | None = None
-    jit: bool = True
-
-    @property
-    def arch_label(self) -> str:
-        """A short description of the network for metrics and logs."""
-        return self.arch or f"exported:{self.program.name if self.program else '?'}"
 
 
 def scan(model_dir: Path, model_name: str | None = None) -> dict[str, Path]:
@@ -193,11 +147,17 @@ def read_manifest(directory: Path, name: str) -> ModelSpec:
         raise ModelStoreError(f"{path}: invalid manifest ({type(exc).__name__}: {exc})") from None
 
 
-def _input_spec(inp: dict[str, Any]) -> InputSpec:
-    """The manifest's ``input``: colour, resize, crop, mean/std, background."""
+def _input_spec(inp: dict[str, Any], task: str) -> InputSpec:
+    """The manifest's ``input``: colour, resize, crop (max_size for detection), mean/std."""
     color = inp.get("color", "RGB")
     if color not in COLORS:
         raise ModelStoreError(f"input.color must be one of {COLORS}")
+    max_size = None
+    if task == "detection":
+        max_size = int(inp["max_size"]) if inp.get("max_size") is not None else None
+        if int(inp["resize"]) < 1 or (max_size is not None and max_size < int(inp["resize"])):
+            raise ModelStoreError("input.resize must be >= 1 and input.max_size >= resize")
+        inp = {**inp, "crop": int(inp["resize"])}
     crop_raw = inp["crop"]
     crop = (int(crop_raw), int(crop_raw)) if isinstance(crop_raw, int) else tuple(crop_raw)
     if len(crop) != 2 or min(crop) < 1:
@@ -211,14 +171,26 @@ def _input_spec(inp: dict[str, Any]) -> InputSpec:
     background = int(inp.get("background", 255))
     if not 0 <= background <= 255 or resize < min(crop):
         raise ModelStoreError("input.background must be 0..255 and input.resize >= crop")
-    return InputSpec(color, resize, (int(crop[0]), int(crop[1])), mean, std, background)
+    crop_hw = (int(crop[0]), int(crop[1]))
+    return InputSpec(color, resize, crop_hw, mean, std, background, max_size)
+
+
+def _thresholds(raw: dict[str, Any]) -> Thresholds:
+    """A detector's ``score_threshold`` (0..1) and ``max_detections`` (1..1000)."""
+    score = raw.get("score_threshold", 0.5)
+    count = raw.get("max_detections", 100)
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+        raise ModelStoreError("score_threshold must be a number from 0 to 1")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_DETECTIONS:
+        raise ModelStoreError(f"max_detections must be an integer from 1 to {MAX_DETECTIONS}")
+    return Thresholds(float(score), count)
 
 
 def _parse(directory: Path, name: str, raw: dict[str, Any]) -> ModelSpec:
     task = raw.get("task", "classification")
     if task not in TASKS:
         raise ModelStoreError(f"task {task!r} is not supported (supported: {', '.join(TASKS)})")
-    spec_input = _input_spec(raw["input"])
+    spec_input = _input_spec(raw["input"], task)
     labels_path = safe_path(directory, raw["labels"], "labels")
     labels = tuple(
         line.strip()
@@ -252,6 +224,7 @@ def _parse(directory: Path, name: str, raw: dict[str, Any]) -> ModelSpec:
         weights=safe_path(directory, weights, "weights") if weights is not None else None,
         program=safe_path(directory, program, "program") if program is not None else None,
         jit=_flag(raw.get("jit", True), "jit"),
+        thresholds=_thresholds(raw) if task == "detection" else Thresholds(),
     )
 
 

@@ -13,7 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from predictor.store.manifest import ModelSpec, ModelStoreError
+from predictor.store.manifest import ModelStoreError
+from predictor.store.spec import ModelSpec
 
 if TYPE_CHECKING:
     from torch import nn

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from PIL import Image
 
 from predictor.errors import BadInput
 from predictor.runtime.engine import BatchRunner
-from predictor.store.manifest import ModelSpec
+from predictor.store.spec import ModelSpec
 
 if TYPE_CHECKING:
     from predictor.tasks.images import DecodeLimits
@@ -31,12 +32,15 @@ class ImageInfo:
     Attributes:
         width: width in pixels.
         height: height in pixels.
-        scale: model pixels per image pixel (results map back by dividing by it).
+        model_width: width of the pixels the model was given (results map back by
+            ``width / model_width``).
+        model_height: height of those pixels.
     """
 
     width: int
     height: int
-    scale: float = 1.0
+    model_width: int
+    model_height: int
 
 
 @dataclass
@@ -118,6 +122,10 @@ class Task(ABC):
             MemoryFull: the memory budget cannot hold the decode now.
         """
 
+    def batch_input(self, item: Item, parameters: Mapping[str, Any]) -> Any:
+        """What the runner receives for one prepared image (by default, its pixels)."""
+        return item.pixels
+
     @abstractmethod
     def runner(
         self, module: Any, device: str, dtype: Any, max_batch_size: int, jit: bool, freeze: bool
@@ -129,6 +137,10 @@ class Task(ABC):
         self, rows: Sequence[Any], items: Sequence[Item], parameters: Mapping[str, Any]
     ) -> list[Any]:
         """One result per image from the runner's rows."""
+
+    def counts(self, results: Sequence[Any]) -> list[int] | None:
+        """How many findings each result holds (detections per image); None: not counted."""
+        return None
 
     @abstractmethod
     def encode_v1(self, results: Sequence[Any]) -> dict[str, Any]:
@@ -145,6 +157,14 @@ class Task(ABC):
     @abstractmethod
     def output_metadata(self) -> list[dict[str, Any]]:
         """The v2 metadata of the outputs."""
+
+    @abstractmethod
+    def preprocessing(self) -> dict[str, Any]:
+        """How images become the model's input (the config route's ``preprocessing``)."""
+
+    @abstractmethod
+    def draw(self, image: Image.Image, result: Any) -> None:
+        """Draw one image's result onto it (RGB, as a viewer shows it), in place."""
 
 
 #: The largest integer a request parameter may hold (``top_k``, ``timeout_ms``...).

@@ -18,7 +18,8 @@ from PIL import Image
 
 from predictor.errors import BadInput
 from predictor.runtime.engine import BatchRunner
-from predictor.store.manifest import InputSpec
+from predictor.store.spec import InputSpec
+from predictor.tasks import drawing
 from predictor.tasks.base import Item, Task, positive_int
 from predictor.tasks.images import DecodeLimits, open_image
 
@@ -180,6 +181,29 @@ class Classification(Task):
                 },
             },
         ]
+
+    def preprocessing(self) -> dict[str, Any]:
+        """Colour, resize, crop, normalisation."""
+        spec = self.spec.input
+        return {
+            "color": spec.color,
+            "resize": spec.resize,
+            "crop": list(spec.crop),
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "background": spec.background,
+        }
+
+    def draw(self, image: Image.Image, result: Any) -> None:
+        """The top-k labels and scores, one per line, in the top-left corner."""
+        found: TopK = result
+        drawing.lines(
+            image,
+            [
+                f"{label} {score:.2f}"
+                for label, score in zip(found.labels, found.scores.tolist(), strict=True)
+            ],
+        )
 
     def output_metadata(self) -> list[dict[str, Any]]:
         """Top-k labels, scores and class ids."""

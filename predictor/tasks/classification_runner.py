@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from predictor.store.manifest import InputSpec
+from predictor.store.spec import InputSpec
 
 log = logging.getLogger(__name__)
 

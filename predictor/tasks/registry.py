@@ -9,12 +9,13 @@ from typing import Any
 
 from predictor.runtime.devices import resolve_dtype
 from predictor.runtime.engine import Engine
-from predictor.store.manifest import ModelSpec
+from predictor.store.spec import ModelSpec
 from predictor.tasks.base import Task
 from predictor.tasks.classification import Classification
+from predictor.tasks.detection import Detection
 
 #: Task classes by the manifest's ``task`` value.
-TASKS: dict[str, type[Task]] = {Classification.name: Classification}
+TASKS: dict[str, type[Task]] = {Classification.name: Classification, Detection.name: Detection}
 
 
 def task_for(spec: ModelSpec) -> Task:

@@ -27,7 +27,7 @@ with atheris.instrument_imports(include=["PIL", "predictor"]):
 
     from predictor.edge import protocols as codec
     from predictor.errors import BadInput, TooLarge
-    from predictor.store.manifest import InputSpec
+    from predictor.store.spec import InputSpec
     from predictor.tasks import classification as preprocess
     from predictor.tasks import images
 
