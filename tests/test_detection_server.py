@@ -12,6 +12,7 @@ import json
 import struct
 import subprocess
 import sys
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -496,3 +497,29 @@ def test_tritonclient_grpc_sends_float_parameters(server: PredictorProcess) -> N
     )
     assert answers["strict"]["count"] == [len(strict)]
     assert len(strict) < len(reference)
+
+
+def test_the_limits_hold_for_detection(server: PredictorProcess) -> None:
+    """413 for an image over --max-image-pixels (from its header), 504 past the deadline."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0)  # 81 megapixels, RGB
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    for route in (":predict", ":annotate"):
+        response = httpx.post(
+            f"{server.url}/v1/models/shapes{route}",
+            content=bomb,
+            headers={"content-type": "image/png"},
+            timeout=30,
+        )
+        assert response.status_code == 413, response.text
+    late = httpx.post(
+        f"{server.url}/v1/models/coco:predict",
+        content=sample(1),
+        headers={"content-type": "image/jpeg", "x-request-timeout-ms": "1"},
+        timeout=30,
+    )
+    assert late.status_code == 504, late.text

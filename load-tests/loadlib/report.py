@@ -457,9 +457,10 @@ def render(results: Result, source: str) -> str:
         "",
         "## Systems",
         "",
-        "All serve the same model directory (random weights) with the same decode, resize and "
-        "crop (`predictor.tasks.classification.decode_image`) on 127.0.0.1, one at a time, "
-        "each started and stopped by the bench.",
+        "All serve the same model directory (random weights, or the shapes demo detector) with "
+        "the same decode, resize and crop (`predictor.tasks.classification.decode_image`; a "
+        "detector's own preparation, `Detection.prepare`) on 127.0.0.1, one at a time, each "
+        "started and stopped by the bench. The peers run classifiers only.",
         "",
         *[
             f"- **{v['label']}**: {v['description']} (driven with `--protocol {v['protocol']}`)"
@@ -536,8 +537,9 @@ def method_section(results: Result) -> list[str]:
         "the end, or p99 over the latency cap).",
         "- Limits: `loadlib/limits.py` in a separate process: "
         "`predictor.runtime.engine.Engine.infer` on ready-made batches of decoded corpus "
-        "images (the engine's own stacking and normalisation included), and `decode_image` "
-        "over the corpus in a pool of one thread per core.",
+        "images (the engine's own stacking and normalisation included; a detector's batches "
+        "mix the corpus' sizes, as served), and the model task's `prepare` (what the server's "
+        "decode pool runs) over the corpus in a pool of one thread per core.",
         "- Memory: resident set of each server's whole process group after its run. CPU "
         "ms/img: the server's CPU time (all its processes) over its best point, divided by "
         "the images it answered then; next to the engine's own cost (limits) it shows what "
