@@ -17,7 +17,11 @@ from predictor.config import Settings, SettingsError, check, env_name, flag_name
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every setting to ``parser`` (defaults resolved later, see ``settings_from``)."""
+    """Add every setting to ``parser`` (defaults resolved later, see ``settings_from``).
+
+    Each flag is also accepted in KServe's spelling, with underscores (``--model_name``,
+    ``--model_dir``, ``--http_port``): the args KServe's serving runtimes pass.
+    """
     for setting in fields(Settings):
         meta = setting.metadata
         metavar = meta["metavar"] or setting.name.split("_")[-1].upper()
@@ -30,6 +34,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=metavar,
             help=f"{meta['help']} [env {env_name(setting.name)}; default {setting.default}]",
         )
+        if "_" in setting.name:
+            parser.add_argument(
+                f"--{setting.name}", dest=setting.name, default=None, help=argparse.SUPPRESS
+            )
 
 
 def settings_from(

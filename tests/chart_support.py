@@ -49,6 +49,10 @@ CRD_FILES = {
     ("serving.kserve.io/v1beta1", "InferenceService"): (
         "serving.kserve.io_inferenceservices.yaml.gz"
     ),
+    ("serving.kserve.io/v1alpha1", "ServingRuntime"): "serving.kserve.io_servingruntimes.yaml.gz",
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): (
+        "serving.kserve.io_clusterservingruntimes.yaml.gz"
+    ),
     ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
 }
@@ -213,6 +217,8 @@ def validate(obj: Mapping[str, Any]) -> list[str]:
     elif key in CRD_FILES:
         if key == ("serving.kserve.io/v1beta1", "InferenceService"):
             passed += _validate_predictor_pod(obj)
+        elif key[1] in ("ServingRuntime", "ClusterServingRuntime"):
+            passed += _validate_pod(obj["spec"], f"{obj['metadata']['name']}-runtime")
         validator = crd_validator(*key)
         errors = sorted(validator.iter_errors(dict(obj)), key=lambda e: list(e.path))
         if errors:
@@ -233,14 +239,20 @@ def _validate_predictor_pod(isvc: Mapping[str, Any]) -> list[str]:
     ``spec.predictor`` inlines a PodSpec next to KServe's own fields (replicas, scaling,
     labels...): its PodSpec fields must make a valid Pod for each Kubernetes version.
     """
-    predictor = isvc["spec"]["predictor"]
-    spec = {k: v for k, v in predictor.items() if k in _pod_spec_fields()}
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{isvc['metadata']['name']}-predictor"},
-        "spec": spec,
-    }
+    predictor = dict(isvc["spec"]["predictor"])
+    if "model" in predictor:
+        # The model form: KServe merges the model's container fields into the runtime's
+        # container; validate them as that container (its image comes from the runtime).
+        model = predictor.pop("model")
+        fields = {k: v for k, v in model.items() if k in ("env", "resources", "args")}
+        predictor["containers"] = [{"name": "kserve-container", "image": "runtime", **fields}]
+    return _validate_pod(predictor, f"{isvc['metadata']['name']}-predictor")
+
+
+def _validate_pod(holder: Mapping[str, Any], name: str) -> list[str]:
+    """``holder``'s PodSpec fields must make a valid Pod for each Kubernetes version."""
+    spec = {k: v for k, v in holder.items() if k in _pod_spec_fields()}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
     passed = []
     for version in KUBE_VERSIONS:
         try:
@@ -248,10 +260,9 @@ def _validate_predictor_pod(isvc: Mapping[str, Any]) -> list[str]:
         except kubernetes_validate.ValidationError as exc:
             where = ".".join(str(p) for p in exc.path)
             raise AssertionError(
-                f"the predictor pod of {isvc['metadata']['name']} is invalid for Kubernetes "
-                f"{version}: {where}: {exc.message}"
+                f"the pod of {name} is invalid for Kubernetes {version}: {where}: {exc.message}"
             ) from None
-        passed.append(f"predictor pod spec: kubernetes-validate {version} strict")
+        passed.append(f"pod spec: kubernetes-validate {version} strict")
     return passed
 
 

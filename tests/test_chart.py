@@ -95,6 +95,23 @@ MATRIX: dict[str, dict[str, Any]] = {
         "networkPolicy": {"enabled": True, "from": NETWORK_POLICY_FROM},
         "podDisruptionBudget": {"enabled": True},
     },
+    "cluster-runtime": {
+        "servingRuntime": {"create": True},
+        "predictorMode": "runtime",
+        "model": {"storageUri": "s3://models/resnet50"},
+    },
+    "namespace-runtime-auth-mig": {
+        "servingRuntime": {"create": True, "scope": "namespace", "name": "gp-runtime"},
+        "predictorMode": "runtime",
+        "model": {"storageUri": "pvc://models/digits"},
+        "auth": {"enabled": True, "token": "t"},
+        "gpu": {"resourceName": "nvidia.com/mig-1g.10gb", "product": "NVIDIA-A100-SXM4-80GB"},
+    },
+    "knative-canary-shared-gpu": {
+        "deploymentMode": "Knative",
+        "canaryTrafficPercent": 10,
+        "gpu": {"resourceName": "nvidia.com/gpu.shared"},
+    },
     "knative-everything": {
         "deploymentMode": "Knative",
         "gpu": {"count": 2},
@@ -696,6 +713,54 @@ REFUSED: list[tuple[str, dict[str, Any], type[helm.HelmError], str]] = [
         {"modelControl": "poll"},
         helm.HelmValuesError,
         "at '/modelControl': value must be one of 'none', 'explicit'",
+    ),
+    (
+        "canary in Standard mode",
+        {"canaryTrafficPercent": 20},
+        helm.HelmRenderError,
+        r"canaryTrafficPercent \(20\) needs deploymentMode Knative: KServe splits traffic",
+    ),
+    (
+        "canary of 100",
+        {"deploymentMode": "Knative", "canaryTrafficPercent": 100},
+        helm.HelmValuesError,
+        "at '/canaryTrafficPercent': maximum: got 100, want 99",
+    ),
+    (
+        "GPU resource that is not an extended resource",
+        {"gpu": {"resourceName": "gpu"}},
+        helm.HelmValuesError,
+        "at '/gpu/resourceName': 'gpu' does not match pattern",
+    ),
+    (
+        "GPU resource in the kubernetes.io domain",
+        {"gpu": {"resourceName": "kubernetes.io/gpu"}},
+        helm.HelmRenderError,
+        'gpu.resourceName "kubernetes.io/gpu" is not an extended resource',
+    ),
+    (
+        "unknown predictor mode",
+        {"predictorMode": "sidecar"},
+        helm.HelmValuesError,
+        "at '/predictorMode': value must be one of 'container', 'runtime'",
+    ),
+    (
+        "runtime mode without a storage URI",
+        {"predictorMode": "runtime"},
+        helm.HelmRenderError,
+        "predictorMode runtime needs model.storageUri",
+    ),
+    (
+        "auth on a cluster-wide runtime",
+        {"servingRuntime": {"create": True}, "auth": {"enabled": True, "token": "t"}},
+        helm.HelmRenderError,
+        "auth.enabled with servingRuntime.scope cluster",
+    ),
+    (
+        "runtime scope",
+        {"servingRuntime": {"create": True, "scope": "global"}},
+        helm.HelmValuesError,
+        "at '/servingRuntime/scope': value must be one of 'cluster', 'namespace'",
     ),
     (
         "release name starting with a digit",

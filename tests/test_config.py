@@ -184,3 +184,22 @@ def test_available_cpus_honours_a_cgroup_quota(tmp_path: Path) -> None:
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert available_cpus(v1) == 1
+
+
+def test_kserve_runtime_args_are_accepted_in_kserve_spelling(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """KServe's runtimes pass --model_name={{.Name}} --model_dir=/mnt/models --http_port=8080."""
+    args = build_parser().parse_args(
+        ["serve", "--model-dir", "/elsewhere", "--model_name=resnet-prod",
+         f"--model_dir={DIGITS}", "--http_port=8090", "--grpc_port", "8091"]
+    )  # fmt: skip
+    settings = settings_from(args, {})
+    assert settings.model_name == "resnet-prod"
+    assert settings.model_dir == DIGITS  # the later flag wins, whichever spelling
+    assert (settings.http_port, settings.grpc_port) == (8090, 8091)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    shown = capsys.readouterr().out
+    assert "--model-name" in shown
+    assert "--model_name" not in shown  # accepted, not advertised twice

@@ -39,7 +39,12 @@ def test_manifest_objects_validate_and_apply_as_is(target: str) -> None:
     assert objects
     for obj in objects:
         validate(obj)
-        assert obj["metadata"]["namespace"] == generate.NAMESPACE
+        if obj["kind"] == "ClusterServingRuntime":
+            assert "namespace" not in obj["metadata"]  # cluster-scoped
+        elif target == "model-team.yaml":
+            assert "namespace" not in obj["metadata"]  # applied in the team's namespace
+        else:
+            assert obj["metadata"]["namespace"] == generate.NAMESPACE
         annotations = obj["metadata"].get("annotations", {})
         assert "helm.sh/hook" not in annotations, "Helm-only objects do not belong here"
 
@@ -61,6 +66,19 @@ def test_each_manifest_holds_its_part() -> None:
     (monitor,) = [o for o in documents("monitoring.yaml") if o["kind"] == "PodMonitor"]
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector["serving.kserve.io/inferenceservice"] == isvc["metadata"]["name"]
+
+
+def test_the_model_team_names_the_platform_teams_runtime() -> None:
+    (runtime,) = documents("runtime.yaml")
+    (isvc,) = documents("model-team.yaml")
+    assert runtime["kind"] == "ClusterServingRuntime"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    formats = [f["name"] for f in runtime["spec"]["supportedModelFormats"] if f["autoSelect"]]
+    assert model["modelFormat"]["name"] in formats
+    assert set(isvc["spec"]["predictor"]) == {"model"}  # nothing but the model: ~12 lines
+    text = (MANIFESTS / "model-team.yaml").read_text()
+    assert len([line for line in text.splitlines() if not line.startswith("#")]) <= 14
 
 
 def test_every_values_file_has_a_manifest() -> None:

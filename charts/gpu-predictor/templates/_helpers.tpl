@@ -84,9 +84,21 @@ both modes (Standard: a ClusterIP Service to port 8080; Knative: the cluster-loc
 http://{{ include "gpu-predictor.fullname" . }}-predictor.{{ .Release.Namespace }}.svc
 {{- end -}}
 
+{{/*
+The name the model is served under: model.name with this chart's container; with
+predictorMode runtime, the InferenceService's name (the runtime passes KServe's {{.Name}}).
+*/}}
+{{- define "gpu-predictor.servedName" -}}
+{{- if eq .Values.predictorMode "runtime" -}}
+{{- include "gpu-predictor.fullname" . -}}
+{{- else -}}
+{{- .Values.model.name -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Prometheus label matchers selecting this release's predictor series. */}}
 {{- define "gpu-predictor.seriesSelector" -}}
-namespace="{{ .Release.Namespace }}",model="{{ .Values.model.name }}"
+namespace="{{ .Release.Namespace }}",model="{{ include "gpu-predictor.servedName" . }}"
 {{- end -}}
 
 {{/*

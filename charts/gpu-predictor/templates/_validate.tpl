@@ -46,6 +46,19 @@ involved and what would go wrong, and stops the render before anything reaches a
 {{- fail (printf "resources.limits.%s must be set when resources.requests.%s is: KServe gives a container without one its default limit (1 CPU / 2Gi in a stock install), and a request above the limit makes the pod invalid" $resource $resource) -}}
 {{- end -}}
 {{- end -}}
+{{- if and (not (kindIs "invalid" $v.canaryTrafficPercent)) (ne $v.deploymentMode "Knative") -}}
+{{- fail (printf "canaryTrafficPercent (%d) needs deploymentMode Knative: KServe splits traffic between revisions only in Knative mode (Standard mode replaces pods with a rolling update)" (int $v.canaryTrafficPercent)) -}}
+{{- end -}}
+{{- $domain := (splitList "/" $v.gpu.resourceName | first) -}}
+{{- if or (eq $domain "kubernetes.io") (hasSuffix ".kubernetes.io" $domain) -}}
+{{- fail (printf "gpu.resourceName %q is not an extended resource: names in the kubernetes.io domain are Kubernetes' own (use e.g. nvidia.com/gpu, nvidia.com/mig-1g.10gb)" $v.gpu.resourceName) -}}
+{{- end -}}
+{{- if and $v.servingRuntime.create $v.auth.enabled (eq $v.servingRuntime.scope "cluster") -}}
+{{- fail "auth.enabled with servingRuntime.scope cluster: a ClusterServingRuntime's pods run in every namespace that names it, where this release's token Secret does not exist; use servingRuntime.scope namespace" -}}
+{{- end -}}
+{{- if and (eq $v.predictorMode "runtime") (not $v.model.storageUri) -}}
+{{- fail "predictorMode runtime needs model.storageUri: KServe's storage initializer fills /mnt/models from it, and the runtime serves what is there" -}}
+{{- end -}}
 {{- if and $v.auth.enabled (not $v.auth.existingSecret) (not $v.auth.token) -}}
 {{- fail "auth.enabled needs auth.existingSecret (a Secret holding the token) or auth.token (the chart creates the Secret)" -}}
 {{- end -}}
