@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -273,7 +274,8 @@ class ModelObserver:
         self._batch_size = metrics.batch_size.labels(model=model)
         self._queue_wait = metrics.queue_wait.labels(model=model)
         self._inference = metrics.inference_duration
-        self._detections = metrics.detections.labels(model=model)
+        self._detections_family = metrics.detections
+        self._detections: Any = None  # created on the first detection: detectors only
         self._model = model
 
     def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None:
@@ -289,5 +291,7 @@ class ModelObserver:
 
     def results_counted(self, counts: Sequence[int]) -> None:
         """Record how many detections each answered image held."""
+        if self._detections is None:
+            self._detections = self._detections_family.labels(model=self._model)
         for count in counts:
             self._detections.observe(count)
