@@ -451,6 +451,9 @@ def test_detections_per_image_are_measured(server: PredictorProcess) -> None:
         return metric(after, name, **labels) - metric(before, name, **labels)
 
     assert delta("predictor_detections_per_image_count", model="shapes") == 1
+    # KServe's stage histograms count each request once (the Latency split panels).
+    for stage in ("preprocess", "predict", "postprocess"):
+        assert delta(f"request_{stage}_seconds_count", model_name="shapes") == 1, stage
     assert delta("predictor_detections_per_image_sum", model="shapes") == len(found)
     # A classifier has no detection series at all (not a row of zeros on the dashboard).
     assert not [

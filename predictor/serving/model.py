@@ -5,9 +5,11 @@ through KServe's three hooks, timed into KServe's ``request_*_seconds`` histogra
 ``preprocess`` takes room in the batcher (a :class:`~predictor.runtime.ticket.Ticket`,
 or 503 at once), checks the task's parameters and prepares every image in the bounded
 decode pool; ``predict`` submits the images under the ticket and awaits them under the
-request's deadline; ``postprocess`` asks the task for results and answers in the protocol
-of the request. :meth:`ImageModel.__call__` owns the ticket from the first hook to the
-last, so room is given back whatever happens in between.
+request's deadline; then the task turns the rows into results (timed as KServe's
+postprocess), counted for the metrics, and :meth:`ImageModel.encode` answers them in the
+protocol of the request (or :meth:`ImageModel.annotate` draws them on the image).
+:meth:`ImageModel.results` owns the ticket from the first step to the last, so room is given
+back whatever happens in between.
 
 A model is built complete (:mod:`predictor.serving.build`) and published by the repository;
 its batcher's ``closed`` flag is its one admission switch (drain and unload close it).
@@ -171,10 +173,7 @@ class ImageModel(kserve.Model):  # type: ignore[misc]
         self, body: ImageRequest, headers: dict[str, str] | None = None, verb: Any = None
     ) -> tuple[dict[str, Any] | V2Answer, dict[str, str]]:
         """Run the three hooks; the ticket taken in preprocess is released after predict."""
-        results = await self.results(body, headers)
-        with POST_HIST_TIME.labels(**get_labels(self.name)).time():
-            answer = self.encode(body, results)
-        return answer, {}
+        return self.encode(body, await self.results(body, headers)), {}
 
     async def results(self, body: ImageRequest, headers: dict[str, str] | None = None) -> list[Any]:
         """The task's result for each image (preprocess, predict, the task's postprocess)."""
