@@ -35,7 +35,7 @@ def render(data: bytes, task: Task, result: Any, limits: DecodeLimits, media: st
         BadInput / TooLarge / MemoryFull: as for any decode (:func:`open_image`).
     """
     with open_image(data, limits, "RGB", 255, None) as decoded:
-        image = decoded if decoded.mode == "RGB" else decoded.convert("RGB")
+        image = decoded.image
         task.draw(image, result)
         out = io.BytesIO()
         if MEDIA_TYPES[media] == "JPEG":

@@ -86,9 +86,9 @@ def decode_image(data: bytes, spec: InputSpec, limits: int | DecodeLimits) -> np
     """
     if isinstance(limits, int):
         limits = DecodeLimits(limits)
-    with open_image(data, limits, spec.color, spec.background, spec.resize) as image:
+    with open_image(data, limits, spec.color, spec.background, spec.resize) as decoded:
         try:
-            return resize_crop(image, spec)
+            return resize_crop(decoded.image, spec)
         except MemoryError:
             raise
         except Exception as exc:  # a degenerate size Pillow cannot resample

@@ -2,8 +2,8 @@
 
 Each image is decoded (a JPEG DCT-domain downscaled, so a 12 MP photo is never carried at
 full size) and resized to what the network would resize it to anyway
-(:meth:`InputSpec.fit`), keeping the size a viewer shows (EXIF orientation applied) to map
-boxes back.
+(:meth:`InputSpec.fit`), keeping the full image's size as a viewer shows it (EXIF
+orientation applied) to map boxes back.
 """
 
 from __future__ import annotations
@@ -15,26 +15,11 @@ from PIL import Image
 
 from predictor.errors import BadInput
 from predictor.store.spec import InputSpec
-from predictor.tasks import jpeg
 from predictor.tasks.base import ImageInfo, Item
 from predictor.tasks.images import DecodeLimits, open_image
 
 #: The shortest side (in the network's pixels) an image may have; thinner ones are 400.
 MIN_SIDE = 4
-
-
-def viewer_size(data: bytes) -> tuple[int, int] | None:
-    """A JPEG's size as a viewer shows it (EXIF orientation applied), from its header.
-
-    None for other formats (they are decoded at full size, so the image tells).
-    """
-    if data[:2] != b"\xff\xd8":
-        return None
-    jpeg.check_structure(data)
-    width, height, _ = jpeg.header(data)
-    if jpeg.orientation(data) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
-        width, height = height, width
-    return width, height
 
 
 def prepare_image(data: bytes, spec: InputSpec, limits: DecodeLimits) -> Item:
@@ -48,10 +33,12 @@ def prepare_image(data: bytes, spec: InputSpec, limits: DecodeLimits) -> Item:
     Returns:
         The pixels and the image they map back to.
     """
-    size = viewer_size(data)
-    shorter = None if size is None else math.ceil(min(size) * spec.fit(*size))
-    with open_image(data, limits, spec.color, spec.background, shorter) as image:
-        width, height = size or image.size
+
+    def shorter_side(width: int, height: int) -> int:
+        return math.ceil(min(width, height) * spec.fit(width, height))
+
+    with open_image(data, limits, spec.color, spec.background, shorter_side) as decoded:
+        image, width, height = decoded.image, decoded.width, decoded.height
         scale = spec.fit(width, height)
         target = (max(1, round(width * scale)), max(1, round(height * scale)))
         if min(target) < MIN_SIDE:

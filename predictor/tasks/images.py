@@ -18,7 +18,7 @@ import contextlib
 import io
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,10 +59,31 @@ class DecodeLimits:
     budget: MemoryBudget | None = None
 
 
+#: The shorter side a caller will resize an image to: a number, or a function of the full
+#: image's ``(width, height)`` as a viewer shows it (None: unknown, decode at full size).
+ShorterSide = int | Callable[[int, int], int] | None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image and the size of the full image as a viewer shows it.
+
+    Attributes:
+        image: the pixels, oriented, in the colour mode asked for (a JPEG may come
+            DCT-domain downscaled, so smaller than ``width`` x ``height``).
+        width: width of the full image (EXIF orientation applied).
+        height: its height.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+
+
 @contextlib.contextmanager
 def open_image(
-    data: bytes, limits: DecodeLimits, color: str, background: int, shorter_side: int | None
-) -> Iterator[Image.Image]:
+    data: bytes, limits: DecodeLimits, color: str, background: int, shorter_side: ShorterSide
+) -> Iterator[Decoded]:
     """Decode one encoded image, oriented as a viewer shows it, in the colour mode ``color``.
 
     A context manager: the memory the decode needs, costed from the header before decoding,
@@ -74,11 +95,12 @@ def open_image(
         limits: the pixel limit and the memory budget.
         color: ``RGB`` or ``L``.
         background: grey level transparent pixels are composited over.
-        shorter_side: the size the caller resizes the shorter side to, if known: a JPEG is
-            then decoded DCT-domain downscaled (at least this big), never at full size.
+        shorter_side: the size the caller resizes the shorter side to, if known (or the
+            function giving it from the full image's size): a JPEG is then decoded
+            DCT-domain downscaled (at least this big), never at full size.
 
     Yields:
-        The loaded image.
+        The loaded image and the full image's size.
 
     Raises:
         BadInput: empty, truncated, corrupt or unsupported data (JPEGs strictly, see
@@ -91,25 +113,32 @@ def open_image(
     held = Held(limits.budget, "decoding this image")
     try:
         if data[:2] == b"\xff\xd8":
-            image = _open_jpeg(data, limits, shorter_side, held)
+            image, size = _open_jpeg(data, limits, shorter_side, held)
         else:
             image = _open_other(data, limits, held)
-        yield to_mode(image, color, background)
+            size = image.size
+        yield Decoded(to_mode(image, color, background), *size)
     finally:
         held.give_back()
 
 
-def _open_jpeg(data: bytes, limits: DecodeLimits, shorter: int | None, held: Held) -> Image.Image:
+def _open_jpeg(
+    data: bytes, limits: DecodeLimits, shorter_side: ShorterSide, held: Held
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded, oriented JPEG and the full image's size as a viewer shows it."""
     jpeg.check_structure(data)
     width, height, colorspace = jpeg.header(data)
     _check_pixels(width, height, limits.max_pixels)
+    orientation = jpeg.orientation(data)
+    size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    shorter = shorter_side(*size) if callable(shorter_side) else shorter_side
     scale = 1.0 if shorter is None else min(1.0, shorter / max(1, min(width, height)))
     bands = 1 if colorspace == "Gray" else 4 if colorspace in ("CMYK", "YCCK") else 3
     # The decoded image (libjpeg scales by 1/8 steps, so at most twice the target) and the
     # copies orienting and converting it make.
     held.take(_cost(width, height, 2 * bands, min(1.0, 2 * scale)))
     image = jpeg.decode(data, colorspace, shorter)
-    return jpeg.orient(image, jpeg.orientation(data))
+    return jpeg.orient(image, orientation), size
 
 
 def _open_other(data: bytes, limits: DecodeLimits, held: Held) -> Image.Image:
