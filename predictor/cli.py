@@ -114,15 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "export":
         logging.basicConfig(level="INFO", format="%(message)s")
         from predictor.store.export import ExportError, export_model
-        from predictor.store.spec import MAX_DETECTIONS, Thresholds
+        from predictor.store.spec import Thresholds
 
-        if not 0 <= args.score_threshold <= 1 or not 1 <= args.max_detections <= MAX_DETECTIONS:
+        try:
+            thresholds = Thresholds(args.score_threshold, args.max_detections)
+        except ValueError as exc:
             parser.exit(
-                2,
-                "gpu-predictor export: error: --score-threshold must be 0..1 and "
-                f"--max-detections 1..{MAX_DETECTIONS}\n",
+                2, f"gpu-predictor export: error: --score-threshold/--max-detections: {exc}\n"
             )
-        thresholds = Thresholds(args.score_threshold, args.max_detections)
         try:
             export_model(args.arch, args.output, args.weights, args.format, args.top_k, thresholds)
         except ExportError as exc:

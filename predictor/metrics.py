@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -275,7 +274,7 @@ class ModelObserver:
         self._queue_wait = metrics.queue_wait.labels(model=model)
         self._inference = metrics.inference_duration
         self._detections_family = metrics.detections
-        self._detections: Any = None  # created on the first detection: detectors only
+        self._detections: Histogram | None = None  # made on the first detection: detectors only
         self._model = model
 
     def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from predictor.store.spec import MAX_DETECTIONS
+
 
 def ref(name: str) -> dict[str, str]:
     """A reference to one of :data:`SCHEMAS`."""
@@ -23,6 +25,17 @@ _TENSOR_DATA: dict[str, Any] = {
     },
 }
 _PARAMETERS = {"type": "object", "additionalProperties": True}
+#: The per-request parameters with a number's range: a classifier's and a detector's.
+_PARAMETER_SCHEMAS: dict[str, Any] = {
+    "top_k": {"type": "integer", "minimum": 1, "description": "classifiers"},
+    "score_threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "detectors"},
+    "max_detections": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_DETECTIONS,
+        "description": "detectors",
+    },
+}
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 #: An input of a request and an output of an answer have the same shape in the OIP.
 _TENSOR = {
@@ -178,19 +191,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "image": {"type": "string", "format": "binary", "description": "an image file"},
-            "top_k": {"type": "integer", "minimum": 1, "description": "classifiers"},
-            "score_threshold": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": 1,
-                "description": "detectors",
-            },
-            "max_detections": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": 1000,
-                "description": "detectors",
-            },
+            **_PARAMETER_SCHEMAS,
             "classes": {
                 "type": "string",
                 "description": "detectors: labels or class ids to keep, separated by commas",
@@ -204,9 +205,7 @@ SCHEMAS: dict[str, Any] = {
         "description": "A classifier takes top_k; a detector score_threshold, max_detections "
         "and classes.",
         "properties": {
-            "top_k": {"type": "integer", "minimum": 1},
-            "score_threshold": {"type": "number", "minimum": 0, "maximum": 1},
-            "max_detections": {"type": "integer", "minimum": 1, "maximum": 1000},
+            **_PARAMETER_SCHEMAS,
             "classes": {
                 "anyOf": [
                     {"type": "array", "items": {"type": ["string", "integer"]}},

@@ -179,11 +179,14 @@ def _thresholds(raw: dict[str, Any]) -> Thresholds:
     """A detector's ``score_threshold`` (0..1) and ``max_detections`` (1..1000)."""
     score = raw.get("score_threshold", 0.5)
     count = raw.get("max_detections", 100)
-    if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+    if isinstance(score, bool) or not isinstance(score, int | float):
         raise ModelStoreError("score_threshold must be a number from 0 to 1")
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_DETECTIONS:
+    if isinstance(count, bool) or not isinstance(count, int):
         raise ModelStoreError(f"max_detections must be an integer from 1 to {MAX_DETECTIONS}")
-    return Thresholds(float(score), count)
+    try:
+        return Thresholds(float(score), count)
+    except ValueError as exc:
+        raise ModelStoreError(str(exc)) from None
 
 
 def _parse(directory: Path, name: str, raw: dict[str, Any]) -> ModelSpec:

@@ -69,6 +69,18 @@ class Thresholds:
     score_threshold: float = 0.5
     max_detections: int = 100
 
+    def __post_init__(self) -> None:
+        """Refuse values out of range (the manifest and ``export`` word it for their user).
+
+        Raises:
+            ValueError: ``score_threshold`` outside 0..1 or ``max_detections`` outside
+                1..:data:`MAX_DETECTIONS`.
+        """
+        if not 0 <= self.score_threshold <= 1:  # NaN fails too
+            raise ValueError("score_threshold must be a number from 0 to 1")
+        if not 1 <= self.max_detections <= MAX_DETECTIONS:
+            raise ValueError(f"max_detections must be an integer from 1 to {MAX_DETECTIONS}")
+
 
 @dataclass(frozen=True)
 class ModelSpec:

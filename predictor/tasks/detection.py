@@ -109,18 +109,19 @@ class Detection(Task):
         """Torchvision's detector on ``device``, fed lists of differently sized images."""
         from predictor.tasks.detection_runner import DetectionRunner
 
-        return DetectionRunner(module, self.spec.input, device, dtype, max_batch_size)
+        return DetectionRunner(module, self.spec.input, device, dtype)
 
     def postprocess(
         self, rows: Sequence[Any], items: Sequence[Item], parameters: Mapping[str, Any]
     ) -> list[Detections]:
         """Each image's detections, filtered and in its own pixels."""
         labels = self.spec.labels
-        return [
-            keep(row, item.info, labels, parameters)
-            for row, item in zip(rows, items, strict=True)
-            if item.info is not None
-        ]
+        results = []
+        for row, item in zip(rows, items, strict=True):
+            if item.info is None:  # prepare() always sets it: an image without one is a bug
+                raise TypeError("a detection item without the image it maps back to")
+            results.append(keep(row, item.info, labels, parameters))
+        return results
 
     def counts(self, results: Sequence[Any]) -> list[int]:
         """Detections per image (``predictor_detections_per_image``)."""

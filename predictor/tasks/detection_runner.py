@@ -67,7 +67,6 @@ class DetectionRunner:
         spec: the model's input spec (colour, size bounds).
         device: ``cpu`` or ``cuda:N``.
         dtype: the compute dtype (half precision runs under autocast on CUDA).
-        max_batch_size: the largest batch it will receive.
     """
 
     jit = False
@@ -78,11 +77,9 @@ class DetectionRunner:
         spec: InputSpec,
         device: str,
         dtype: torch.dtype,
-        max_batch_size: int,
     ) -> None:
         self.device = torch.device(device)
         self.spec = spec
-        self.max_batch_size = max_batch_size
         self.module = copy.deepcopy(module).to(self.device).eval()
         self._holder = threshold_holder(self.module)
         self._transform = getattr(self.module, "transform", None)
