@@ -13,9 +13,8 @@ import concurrent.futures
 import io
 import json
 import socket
-import struct
+import sys
 import time
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +28,10 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from PIL import Image
 
 from tests.conftest import StartServer
-from tests.support import DIGITS, PredictorProcess, digit_samples, metric
+from tests.support import DIGITS, ROOT, PredictorProcess, digit_samples, metric
+
+sys.path.insert(0, str(ROOT / "load-tests"))
+from loadlib.corpus import ramp_png16
 
 TOKEN = "h0stile-test-token"  # noqa: S105 - a test token
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -403,22 +405,6 @@ def _rss(server: PredictorProcess) -> float:
     return metric(server.metrics(), "process_resident_memory_bytes")
 
 
-def _big_png(width: int, height: int) -> bytes:
-    """A 16-bit grayscale PNG (a smooth ramp: quick to encode, large to decode)."""
-    ramp = (np.arange(width, dtype=">u2") * (65535 // width)).tobytes()
-    rows = zlib.compress(b"".join(b"\x00" + ramp for _ in range(height)), 1)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    )
-
-
 def test_memory_bursts_stay_in_budget_and_memory_goes_back(server: PredictorProcess) -> None:
     """50 concurrent 10 MB bodies, then four requests of four 16-megapixel 16-bit PNGs.
 
@@ -429,7 +415,7 @@ def test_memory_bursts_stay_in_budget_and_memory_goes_back(server: PredictorProc
     before = _rss(server)
     codes: Counter[int] = Counter()
     body = np.random.default_rng(9).integers(0, 255, 10 * 2**20, dtype=np.uint8).tobytes()
-    png = _big_png(4000, 4000)
+    png = ramp_png16(4000, 4000)
     images_body = {
         "inputs": [
             {

@@ -10,6 +10,7 @@ so they compress like photos (0.2-0.4 bytes per pixel at quality 88).
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,24 @@ def photo_like(width: int, height: int, seed: int) -> Image.Image:
     pixels = pixels + noise
     pixels[band] += texture
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def ramp_png16(width: int, height: int) -> bytes:
+    """A 16-bit grayscale PNG (a smooth ramp): quick to encode, large and slow to decode.
+
+    What a client that wants a server's memory sends: 6300 x 6300 is ~300 MB decoded.
+    """
+    ramp = (np.arange(width, dtype=">u2") * (65535 // width)).tobytes()
+    rows = zlib.compress(b"".join(b"\x00" + ramp for _ in range(height)), 1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 88) -> bytes:

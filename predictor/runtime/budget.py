@@ -154,8 +154,8 @@ def limit_heap_arenas(
     raised so the top of the heap is not given back and taken again on every free.
 
     A small mmap threshold returns memory sooner but costs every large tensor a fresh
-    mapping and its page faults: at 256 KiB, engines ran 30-60% slower on CPU (resnet18
-    batch 8: 38.5 against 29.3 ms per image; the shapes detector 17.2 against 10.6).
+    mapping and its page faults: at 256 KiB, engines ran 25-90% slower on CPU
+    (``load-tests/heap_settings.py`` measures it; docs/performance.md has the table).
     Called once, before the serving threads start.
     """
     if sys.platform.startswith("linux"):
